@@ -1,0 +1,103 @@
+"""Command line: argument parsing, settings, exit codes. The only package that prints.
+
+Exit codes, for every command: 0 success, 1 any error (usage errors included: argparse's 2 is
+turned into 1), 2 only for "succeeded, changes present" with --detailed-exitcode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from reconciler import __version__, config
+from reconciler.cli import plan_cmd, state_cmd, validate_cmd
+from reconciler.cli.console import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Console,
+    Context,
+    Handler,
+    Parser,
+    UsageError,
+)
+from reconciler.model import ReconcilerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="reconciler",
+        description="Schedule-as-code for ROMA Connect FDI task dispatches: "
+        "validate desired YAML, plan against recorded state, apply.",
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    parser.add_argument("-C", dest="directory", metavar="DIR",
+                        help="run as if started in DIR")
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"settings file (default: ./{config.CONFIG_NAME} if present)")
+    parser.add_argument("--no-color", action="store_true",
+                        help="no colour in output (also when NO_COLOR is set)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only what matters")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="more detail; tracebacks on internal errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    validate_cmd.register(commands)
+    plan_cmd.register(commands)
+    state_cmd.register(commands)
+    return parser
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+    now: Callable[[], datetime] = _utc_now,
+) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    env = os.environ if environ is None else environ
+    verbose = False
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version exit through argparse
+            return EXIT_OK if exc.code in (0, None) else EXIT_ERROR
+        verbose = args.verbose
+        base = Path(args.directory) if args.directory else Path.cwd()
+        if not base.is_dir():
+            raise UsageError(f"-C {args.directory}: not a directory")
+        tty = hasattr(out, "isatty") and out.isatty()
+        color = not args.no_color and "NO_COLOR" not in env and tty
+        interactive = tty and hasattr(sys.stdin, "isatty") and sys.stdin.isatty()
+        console = Console(out, err, color, args.quiet, args.verbose, interactive)
+        settings = config.load_settings(base, args.config, env)
+        handler: Handler = args.handler
+        return handler(Context(args, settings, console, env, now))
+    except config.ConfigError as exc:
+        err.write(f"{exc}\n")
+        return EXIT_ERROR
+    except ReconcilerError as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: one line for users, the traceback with -v
+        if verbose:
+            raise
+        err.write(f"internal error: {type(exc).__name__}: {exc} (run with -v for details)\n")
+        return EXIT_ERROR

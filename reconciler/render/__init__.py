@@ -1,0 +1,1 @@
+"""Renderers: values in, strings out. Only `cli` prints."""

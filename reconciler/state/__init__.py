@@ -1,0 +1,1 @@
+"""State backends: where the record of created and adopted dispatches lives."""

@@ -1,0 +1,236 @@
+"""What every state backend stores and promises, independent of where it stores it.
+
+A state is versioned like Terraform's: a `lineage` fixed at creation and a `serial` that grows by
+one for every write session (an apply, an import, a `state rm`). Within a session each recorded
+action is durable on its own (a journal line or a row), so a killed run loses nothing; the
+session's serial is sealed at commit, or by the next writer if the run died.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from reconciler.model import DispatchKey, ReconcilerError, Spec
+
+FORMAT_VERSION = 1
+
+
+class StateError(ReconcilerError):
+    """The state cannot be read or written as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One dispatch this tool created or adopted, as last recorded."""
+
+    key: DispatchKey
+    name: str
+    source: str
+    dispatch_id: str
+    spec: Spec
+    created_date: int | None = None
+    last_modified_date: int | None = None
+    applied_at: str = ""
+    applied_by: str = ""
+    commit: str | None = None
+    ci_job: str | None = None
+    version: int = 0
+    """The serial in which this record last changed; saved plans compare it to spot staleness."""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spec.fingerprint
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "dispatch_id": self.dispatch_id,
+            "spec": self.spec.body(),
+            "fingerprint": self.fingerprint,
+            "created_date": self.created_date,
+            "last_modified_date": self.last_modified_date,
+            "applied_at": self.applied_at,
+            "applied_by": self.applied_by,
+            "commit": self.commit,
+            "ci_job": self.ci_job,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, key: DispatchKey, data: Mapping[str, Any]) -> Record:
+        return cls(
+            key=key,
+            name=str(data["name"]),
+            source=str(data.get("source", "")),
+            dispatch_id=str(data["dispatch_id"]),
+            spec=Spec.from_body(data.get("spec", {})),
+            created_date=data.get("created_date"),
+            last_modified_date=data.get("last_modified_date"),
+            applied_at=str(data.get("applied_at", "")),
+            applied_by=str(data.get("applied_by", "")),
+            commit=data.get("commit"),
+            ci_job=data.get("ci_job"),
+            version=int(data.get("version", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """Written durably before a create is sent: if the outcome is never recorded, the next run
+    asks the API (GET) instead of creating a second dispatch."""
+
+    key: DispatchKey
+    intent_id: str
+    action: str
+    started_at: str
+    fingerprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "intent_id": self.intent_id,
+            "action": self.action,
+            "started_at": self.started_at,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_json(cls, key: DispatchKey, data: Mapping[str, Any]) -> Intent:
+        return cls(key, str(data["intent_id"]), str(data["action"]), str(data["started_at"]),
+                   str(data["fingerprint"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Who changed the state, when, why and from which commit."""
+
+    operation: str
+    time: str
+    actor: str
+    commit: str | None = None
+    ci_job: str | None = None
+    host: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "time": self.time,
+            "actor": self.actor,
+            "commit": self.commit,
+            "ci_job": self.ci_job,
+            "host": self.host,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Provenance:
+        return cls(
+            operation=str(data.get("operation", "")),
+            time=str(data.get("time", "")),
+            actor=str(data.get("actor", "")),
+            commit=data.get("commit"),
+            ci_job=data.get("ci_job"),
+            host=data.get("host"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    serial: int
+    provenance: Provenance
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The state at one serial. `serial == 0` and an empty lineage mean "no state yet"."""
+
+    lineage: str
+    serial: int
+    records: Mapping[DispatchKey, Record] = field(default_factory=dict)
+    intents: Mapping[DispatchKey, Intent] = field(default_factory=dict)
+    provenance: Provenance | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """Who holds the state lock; shown when another writer is refused."""
+
+    lock_id: str
+    operation: str
+    who: str
+    host: str
+    pid: int
+    created: str
+    heartbeat: str
+    ci_job: str | None = None
+
+    def describe(self) -> str:
+        job = f", CI job {self.ci_job}" if self.ci_job else ""
+        return (f"lock {self.lock_id} held by {self.who} on {self.host} (pid {self.pid}) "
+                f"since {self.created} for {self.operation!r}{job}")
+
+
+class LockHeld(StateError):
+    def __init__(self, info: LockInfo, stale_reason: str | None) -> None:
+        if stale_reason:
+            message = (f"state is locked by a stale {info.describe()}: {stale_reason}; "
+                       f"if no run is in progress, release it with "
+                       f"`reconciler force-unlock {info.lock_id}`")
+        else:
+            message = f"state is locked: {info.describe()}"
+        super().__init__(message)
+        self.info = info
+        self.stale_reason = stale_reason
+
+
+class Session(Protocol):
+    """A write session under the lock: every call is durable when it returns."""
+
+    serial: int
+
+    def put(self, record: Record) -> None: ...
+
+    def remove(self, key: DispatchKey) -> None: ...
+
+    def intend(self, intent: Intent) -> None:
+        """Durable even across a power loss before it returns: it guards a create."""
+
+    def clear_intent(self, key: DispatchKey) -> None: ...
+
+    def commit(self, summary: str) -> Snapshot:
+        """Seal the session as one new serial (a no-op session leaves the serial alone)."""
+
+
+class StateBackend(Protocol):
+    def describe(self) -> str:
+        """Where the state lives, for messages."""
+
+    def read(self) -> Snapshot:
+        """The current state, including actions recorded by a run that has not committed."""
+
+    def write_session(
+        self, provenance: Provenance, *, lock_timeout: float = 0.0
+    ) -> AbstractContextManager[Session]:
+        """Take the lock (waiting up to `lock_timeout` s), yield a session, always unlock.
+
+        An interrupted earlier session is sealed first, as its own serial."""
+
+    def current_lock(self) -> tuple[LockInfo, str | None] | None:
+        """The lock holder and, if the lock is stale, why."""
+
+    def force_unlock(self, lock_id: str) -> LockInfo: ...
+
+    def history(self) -> list[HistoryEntry]: ...
+
+    def read_serial(self, serial: int) -> Snapshot: ...
+
+
+def iter_changed_keys(old: Snapshot, new: Snapshot) -> Iterator[DispatchKey]:
+    """Keys whose record differs between two snapshots (added, removed or changed)."""
+    for key in sorted(set(old.records) | set(new.records)):
+        if old.records.get(key) != new.records.get(key):
+            yield key

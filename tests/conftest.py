@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+HEADER = """\
+version: 1
+defaults:
+  project_id: proj1
+  instance_id: inst1
+schedules:
+"""
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

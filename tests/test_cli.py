@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler import __version__
+from reconciler.cli import main
+from tests.conftest import HEADER, REPO
+
+FIXED_NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err, environ=env or {}, now=lambda: FIXED_NOW)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "schedules", tmp_path / "schedules")
+    return tmp_path
+
+
+BAD = HEADER + "  - name: a\n    task_id: t1\n    cron: '0 0 25 * * ?'\n    crn: x\n"
+
+
+@pytest.fixture
+def bad_project(tmp_path: Path) -> Path:
+    (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "bad.yaml").write_text(BAD)
+    return tmp_path
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--version")[0] == 0
+    assert __version__ in capsys.readouterr().out
+    for command in ("validate", "plan", "show", "state", "schema", "force-unlock"):
+        assert run(command, "--help")[0] == 0
+        assert "usage: reconciler" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["validate", "--format", "xml"], ["plan", "--bogus"],
+     ["state"], ["show"]],
+)
+def test_usage_errors_exit_1_not_2(argv: list[str]) -> None:
+    code, _, err = run(*argv)
+    assert code == 1
+    assert "reconciler" in err
+    assert "Traceback" not in err
+
+
+def test_validate_bundled_example(project: Path) -> None:
+    code, out, err = run("-C", str(project), "validate")
+    assert code == 0, err
+    assert out.startswith("4 files, ")
+    assert out.endswith(" schedules: valid.\n")
+
+
+def test_validate_text_problems_on_stderr(bad_project: Path) -> None:
+    code, out, err = run("-C", str(bad_project), "validate")
+    assert code == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("schedules/bad.yaml:8:16: cron: hour field")
+    assert lines[1].startswith("schedules/bad.yaml:9:5: unknown key 'crn'; did you mean 'cron'?")
+    assert lines[-1] == "2 problems in 1 file."
+
+
+def test_validate_json(bad_project: Path) -> None:
+    code, out, _ = run("-C", str(bad_project), "validate", "--format", "json")
+    assert code == 1
+    document = json.loads(out)
+    assert document["valid"] is False
+    assert [(p["line"], p["col"]) for p in document["problems"]] == [(8, 16), (9, 5)]
+
+
+def test_validate_github_annotations(bad_project: Path) -> None:
+    code, out, _ = run("-C", str(bad_project), "validate", "--format", "github")
+    assert code == 1
+    first = out.splitlines()[0]
+    assert first.startswith("::error file=schedules/bad.yaml,line=8,col=16,")
+    assert "::cron: hour field" in first
+
+
+def test_github_escaping() -> None:
+    from reconciler.model import Problem
+    from reconciler.render.problems import github
+
+    line = github([Problem("a,b:c.yaml", 1, 2, "50% bad\nnext")])
+    assert line == "::error file=a%2Cb%3Ac.yaml,line=1,col=2,title=reconciler validate::" \
+        "50%25 bad%0Anext\n"
+
+
+def test_validate_sarif(bad_project: Path) -> None:
+    code, out, _ = run("-C", str(bad_project), "validate", "--format", "sarif")
+    assert code == 1
+    log = json.loads(out)
+    assert log["version"] == "2.1.0"
+    results = log["runs"][0]["results"]
+    assert len(results) == 2
+    region = results[0]["locations"][0]["physicalLocation"]["region"]
+    assert region == {"startLine": 8, "startColumn": 16}
+    assert results[0]["ruleId"] == log["runs"][0]["tool"]["driver"]["rules"][0]["id"]
+
+
+def test_validate_explicit_paths_and_config(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.yaml").write_text(
+        HEADER + "  - name: a\n    task_id: t1\n    cron: '0 0 2 * * ?'\n")
+    assert run("-C", str(tmp_path), "validate", "elsewhere/x.yaml")[0] == 0
+    assert run("-C", str(tmp_path), "validate")[0] == 1  # no schedules/ here
+    (tmp_path / "reconciler.yaml").write_text("schedules: [elsewhere]\n")
+    assert run("-C", str(tmp_path), "validate")[0] == 0
+    env = {"RECONCILER_SCHEDULES": "missing"}
+    code, _, err = run("-C", str(tmp_path), "validate", env=env)
+    assert code == 1
+    assert "missing: no such file or directory" in err
+
+
+def test_config_unknown_key_is_located(tmp_path: Path) -> None:
+    (tmp_path / "reconciler.yaml").write_text("schedules: [x]\nstate:\n  bakend: local\n")
+    code, _, err = run("-C", str(tmp_path), "validate")
+    assert code == 1
+    assert err.startswith("reconciler.yaml:3:3: unknown key 'bakend'; did you mean 'backend'?")
+
+
+def test_config_rejects_password_in_dsn(tmp_path: Path) -> None:
+    (tmp_path / "reconciler.yaml").write_text(
+        "state:\n  dsn: postgresql://u:secret@db/x\n")
+    code, _, err = run("-C", str(tmp_path), "validate")
+    assert code == 1
+    assert "must not contain a password" in err
+    assert "secret" not in err
+
+
+def test_missing_directory() -> None:
+    code, _, err = run("-C", "/nonexistent/dir", "validate")
+    assert code == 1
+    assert "not a directory" in err
+
+
+def test_schema_command_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run("schema")
+    assert code == 0
+    assert json.loads(out) == json.loads((REPO / "schema/schedules.schema.json").read_text())
+
+
+def test_python_dash_m_entry_point(project: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "reconciler", "-C", str(project), "validate"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
