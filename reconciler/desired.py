@@ -104,11 +104,12 @@ def normalise(entry: Mapping[str, Any]) -> tuple[DispatchKey, Spec]:
     key = DispatchKey(entry["project_id"], entry["instance_id"], entry["task_id"])
     start = entry.get("start_datetime")
     cron_text = entry.get("cron")
+    interval = entry.get("dispatch_interval")
     spec = Spec(
         cron=cron.normalise(cron_text) if cron_text is not None else None,
         cron_timezone=entry.get("cron_timezone"),
         period=entry.get("period"),
-        dispatch_interval=entry.get("dispatch_interval"),
+        dispatch_interval=int(interval) if interval is not None else None,
         start_datetime=parse_start_datetime(start) if start is not None else None,
         remark=entry.get("remark"),
     )

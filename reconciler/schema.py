@@ -3,17 +3,29 @@
 `schema/schedules.schema.json` in the repository is the single source of truth; the wheel carries
 a copy inside the package (see pyproject.toml), and a source checkout or editable install reads the
 repository file directly.
+
+Two validators come from that one schema. `is_valid` uses fastjsonschema, which compiles the
+schema to Python code: measured on 100 generated schedules it takes 4.7 ms where jsonschema's
+reused Draft202012Validator takes 99 ms, and jsonschema alone kept `validate` from its target.
+Only a document that fails is then explained by jsonschema, whose errors carry the paths and
+keywords the messages are made from. The schema keeps to keywords both implement the same way in
+draft 7 and 2020-12 ($ref to $defs, if/then, anyOf, not, const, enum, pattern, ranges), and a
+property test checks that the two validators agree.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
+import fastjsonschema
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 SCHEMA_NAME = "schedules.schema.json"
 
@@ -34,8 +46,28 @@ def schema() -> dict[str, Any]:
 
 @cache
 def validator() -> Draft202012Validator:
-    """One compiled validator per process: building one per document costs ~40x more."""
+    """One compiled validator per process: building one per document costs ~40x more.
+
+    Imported on first use: only documents that fail the fast path need it.
+    """
+    from jsonschema import Draft202012Validator  # noqa: PLC0415 - deferred: ~130 ms import
+
     return Draft202012Validator(schema())
+
+
+@cache
+def _compiled() -> Callable[[Any], Any]:
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(schema())
+    return compiled
+
+
+def is_valid(document: Any) -> bool:
+    """Whether a whole desired file's data satisfies the schema (fast path)."""
+    try:
+        _compiled()(document)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def known_keys(section: str) -> tuple[str, ...]:

@@ -85,3 +85,29 @@ def test_schedule_shaped_documents(entries: list[dict[str, object]]) -> None:
     document = {"version": 1, "defaults": {"project_id": "p", "instance_id": "i"},
                 "schedules": entries}
     assert_clean(yaml.safe_dump(document, allow_unicode=True).encode())
+
+
+@FAST
+@given(st.fixed_dictionaries(
+    {"version": st.one_of(st.just(1), scalars)},
+    optional={"defaults": data, "schedules": st.lists(data, max_size=5)},
+))
+def test_fast_path_agrees_with_jsonschema(document: object) -> None:
+    from reconciler import schema
+
+    assert schema.is_valid(document) == schema.validator().is_valid(document)
+
+
+@FAST
+@given(st.lists(st.fixed_dictionaries(
+    {"name": st.from_regex(r"[a-z][a-z0-9 -]{0,10}", fullmatch=True),
+     "task_id": st.one_of(st.from_regex(r"[A-Za-z0-9_/-]{0,66}", fullmatch=True), scalars)},
+    optional={"cron": scalars, "period": scalars, "dispatch_interval": scalars,
+              "cron_timezone": scalars, "start_datetime": scalars, "remark": scalars,
+              "use_quartz_cron": scalars, "project_id": scalars},
+), max_size=4))
+def test_fast_path_agrees_on_schedules(entries: list[dict[str, object]]) -> None:
+    from reconciler import schema
+
+    document = {"version": 1, "schedules": entries}
+    assert schema.is_valid(document) == schema.validator().is_valid(document)
