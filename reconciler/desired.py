@@ -111,6 +111,6 @@ def normalise(entry: Mapping[str, Any]) -> tuple[DispatchKey, Spec]:
         period=entry.get("period"),
         dispatch_interval=int(interval) if interval is not None else None,
         start_datetime=parse_start_datetime(start) if start is not None else None,
-        remark=entry.get("remark"),
+        remark=entry.get("remark") or None,  # an empty remark is the same as none
     )
     return key, spec

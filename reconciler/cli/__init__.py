@@ -49,7 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.register(commands)
     plan_cmd.register(commands)
     state_cmd.register(commands)
+    _accept_global_options_after_commands(parser)
     return parser
+
+
+def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """`reconciler plan --no-color` works like `reconciler --no-color plan`, as users expect.
+
+    SUPPRESS defaults keep a value given before the command from being reset by the subparser.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            sub.add_argument("-C", dest="directory", metavar="DIR", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
+            sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
+            for flags, dest in ((("--no-color",), "no_color"), (("-q", "--quiet"), "quiet"),
+                                (("-v", "--verbose"), "verbose")):
+                sub.add_argument(*flags, dest=dest, action="store_true",
+                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            _accept_global_options_after_commands(sub)
 
 
 def _utc_now() -> datetime:

@@ -1,0 +1,65 @@
+"""Authentication of API requests.
+
+An `Auth` adds its headers to a fully built `httpx.Request` just before it is sent, once per
+attempt: a signer (AK/SK) needs the final method, URL, headers and body, and a fresh date on every
+retry. Secrets stay inside the `Auth` object: its repr never shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import httpx
+
+from reconciler.model import ReconcilerError
+
+TOKEN_ENV = "RECONCILER_TOKEN"
+
+
+class CredentialsError(ReconcilerError):
+    """No usable credentials; the message names what to set, never a secret value."""
+
+
+class Auth(Protocol):
+    def apply(self, request: httpx.Request) -> None:
+        """Add the authentication headers to `request` (called for every attempt)."""
+
+
+class TokenAuth:
+    """An IAM token sent as `X-Auth-Token` (the `X-Subject-Token` IAM returned)."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        token = token.strip()
+        if not token:
+            raise CredentialsError("the IAM token is empty")
+        # Checked here so that no lower layer ever builds an error message quoting the header.
+        if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+            raise CredentialsError(
+                "the IAM token contains spaces, control or non-ASCII characters; "
+                "it must be the X-Subject-Token value returned by IAM"
+            )
+        self._token = token
+
+    def apply(self, request: httpx.Request) -> None:
+        request.headers["X-Auth-Token"] = self._token
+
+    def __repr__(self) -> str:
+        return "TokenAuth(token=***)"
+
+
+def auth_from_env(environ: Mapping[str, str]) -> Auth:
+    """The credentials found in the environment; CredentialsError when there are none."""
+    token = environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise CredentialsError(
+            f"no API credentials: set {TOKEN_ENV} to an IAM token "
+            "(the X-Subject-Token header of POST https://iam.{region}.myhuaweicloud.com"
+            "/v3/auth/tokens)"
+        )
+    try:
+        return TokenAuth(token)
+    except CredentialsError as exc:
+        raise CredentialsError(f"{TOKEN_ENV}: {exc}") from None
