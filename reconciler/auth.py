@@ -14,7 +14,7 @@ import httpx
 
 from reconciler.model import ReconcilerError
 
-TOKEN_ENV = "RECONCILER_TOKEN"
+TOKEN_ENV = "RECONCILER_TOKEN"  # noqa: S105  (a variable name, not a secret)
 
 
 class CredentialsError(ReconcilerError):

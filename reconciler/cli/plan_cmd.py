@@ -13,6 +13,7 @@ from reconciler.plan import make_plan
 from reconciler.provenance import utc_iso
 from reconciler.render import markdown, text
 from reconciler.state.backends import open_backend
+from reconciler.validate import DesiredState
 
 FORMATS = ("text", "json", "markdown")
 
@@ -44,10 +45,7 @@ def render(ctx: Context, plan: Plan, fmt: str) -> str:
     return text.render(plan, ctx.now(), color=ctx.console.color)
 
 
-def build_plan(ctx: Context) -> Plan | None:
-    desired = load_or_report(ctx)
-    if desired is None:
-        return None
+def build_plan(ctx: Context, desired: DesiredState) -> Plan:
     snapshot = open_backend(ctx.settings).read()
     return make_plan(
         desired.schedules,
@@ -58,9 +56,10 @@ def build_plan(ctx: Context) -> Plan | None:
 
 
 def cmd_plan(ctx: Context) -> int:
-    plan = build_plan(ctx)
-    if plan is None:
+    desired = load_or_report(ctx)
+    if desired is None:
         return EXIT_ERROR
+    plan = build_plan(ctx, desired)
     ctx.console.print(render(ctx, plan, ctx.args.format), end="")
     if ctx.args.out:
         out = ctx.settings.base / ctx.args.out

@@ -1,0 +1,171 @@
+"""`reconciler apply` and `reconciler emulator`."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from reconciler import config, emulator, planfile, provenance
+from reconciler.apply import ActionResult, Applier, Progress, summarise
+from reconciler.auth import TokenAuth, auth_from_env
+from reconciler.cli.console import EXIT_ERROR, EXIT_OK, Context, UsageError
+from reconciler.cli.plan_cmd import build_plan, render
+from reconciler.cli.state_cmd import add_lock_timeout
+from reconciler.cli.validate_cmd import load_or_report
+from reconciler.client import DispatchClient, endpoint_for
+from reconciler.plan import make_plan
+from reconciler.planfile import StalePlan
+from reconciler.render.text import summary_line
+from reconciler.state.backends import open_backend
+
+EMULATOR_DATA = ".reconciler/emulator.json"
+EMULATOR_TOKEN = "emulator"  # noqa: S105 - the built-in emulator accepts any token
+
+
+def register(commands: Any) -> None:
+    apply = commands.add_parser(
+        "apply", help="create and update dispatches so the API matches the desired files",
+        description="Execute a fresh plan (shown first; asks for 'yes' on a terminal unless "
+        "--auto-approve) or a plan saved with `plan --out`. Re-running after any failure or "
+        "crash does only what is still missing.",
+    )
+    apply.add_argument("planfile", nargs="?", metavar="PLANFILE",
+                       help="a saved plan; refused if stale")
+    apply.add_argument("--auto-approve", action="store_true",
+                       help="do not ask for confirmation")
+    apply.add_argument("--parallelism", type=_parallelism, metavar="N",
+                       help=f"concurrent API calls (default {config.DEFAULT_PARALLELISM})")
+    apply.add_argument("--emulator", action="store_true",
+                       help="apply to a built-in emulator of the API (data in "
+                       f"{EMULATOR_DATA}), to try things without a cloud account")
+    add_lock_timeout(apply)
+    apply.set_defaults(handler=cmd_apply)
+
+    serve = commands.add_parser(
+        "emulator", help="serve a local FDI dispatch API for trying apply and for tests",
+        description="A local emulator of the ROMA Connect FDI dispatch API: POST/GET/PUT with "
+        "the documented validation and error codes, a token check, optional persistence, "
+        "latency and fault injection.",
+    )
+    emulator.add_arguments(serve)
+    serve.set_defaults(handler=cmd_emulator)
+
+
+def _parallelism(text: str) -> int:
+    return config.parse_parallelism(text, "--parallelism")
+
+
+@contextlib.contextmanager
+def _api(ctx: Context) -> Iterator[DispatchClient]:
+    """The API client: the built-in emulator with --emulator, else the configured endpoint."""
+    if ctx.args.emulator:
+        data = ctx.settings.base / EMULATOR_DATA
+        data.parent.mkdir(parents=True, exist_ok=True)
+        with emulator.Emulator(data=data) as local:
+            url = local.start()
+            with DispatchClient(url, TokenAuth(EMULATOR_TOKEN)) as client:
+                yield client
+        return
+    endpoint = endpoint_for(ctx.settings.endpoint, ctx.settings.region)
+    with DispatchClient(endpoint, auth_from_env(ctx.environ)) as client:
+        yield client
+
+
+def _confirm(ctx: Context) -> bool:
+    if ctx.args.auto_approve or ctx.args.planfile:
+        return True
+    if not ctx.console.interactive:
+        raise UsageError("refusing to apply without confirmation: stdin is not a terminal; "
+                         "review the plan and pass --auto-approve, or apply a saved plan")
+    ctx.console.print("\nDo you want to apply these changes? Only 'yes' will be accepted.")
+    ctx.console.print("  Enter a value: ", end="")
+    ctx.console.out.flush()
+    answer = sys.stdin.readline().strip()
+    if answer != "yes":
+        ctx.console.error("Apply cancelled.")
+        return False
+    return True
+
+
+def cmd_apply(ctx: Context) -> int:
+    desired = load_or_report(ctx)
+    if desired is None:
+        return EXIT_ERROR
+    digest = planfile.desired_digest(desired.files)
+    backend = open_backend(ctx.settings)
+    if ctx.args.planfile:
+        plan = planfile.load(ctx.settings.base / Path(ctx.args.planfile))
+    else:
+        plan = build_plan(ctx, desired)
+        ctx.console.print(render(ctx, plan, "text"), end="")
+    if not plan.has_changes:
+        if ctx.args.planfile:
+            ctx.console.print("No changes in the saved plan.")
+        return EXIT_OK
+    if not _confirm(ctx):
+        return EXIT_ERROR
+    parallelism = ctx.args.parallelism or ctx.settings.parallelism
+    who = provenance.current("apply", ctx.environ, ctx.now(), ctx.settings.base)
+    with _api(ctx) as api, backend.write_session(
+        who, lock_timeout=ctx.args.lock_timeout
+    ) as session:
+        current = backend.read()
+        if ctx.args.planfile:
+            planfile.check_fresh(plan, current, digest)
+        elif planfile.stale_reasons(plan, current, digest):
+            if not ctx.args.auto_approve:
+                raise StalePlan("another run changed the state while this plan was reviewed; "
+                                "nothing was applied. Run `reconciler apply` again.")
+            # Nobody reviewed the plan: plan again, under the lock, on what is recorded now.
+            plan = make_plan(desired.schedules, current, desired_digest=digest,
+                             created_at=plan.created_at)
+            ctx.console.info("The state changed since the plan was made; planned again: "
+                             + summary_line(plan))
+        reporter = _Reporter(ctx)
+        applier = Applier(api, session, who, parallelism=parallelism, on_result=reporter)
+        results = applier.run(plan.actions, set(current.intents))
+        reporter.finish()
+        summary = summarise(results)
+        sealed = session.commit(f"apply: {summary}")
+    failed = [r for r in results if not r.ok]
+    line = f"Apply {'finished with errors' if failed else 'complete'}: {summary}."
+    (ctx.console.error if failed else ctx.console.print)(line)
+    ctx.console.info(f"State serial {sealed.serial} ({backend.describe()}).")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+class _Reporter:
+    """One line per finished action; a live progress line on a terminal."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.console = ctx.console
+        self.live = ctx.console.interactive and not ctx.console.quiet
+        self.shown = False
+
+    def __call__(self, result: ActionResult, progress: Progress) -> None:
+        action = result.action
+        if self.live and self.shown:
+            self.console.err.write("\r\033[K")
+        if result.ok:
+            if not self.console.quiet:
+                self.console.print(f"  {result.outcome} {action.name} ({action.key}): "
+                                   f"dispatch {result.dispatch_id} [{result.duration:.2f}s]")
+        else:
+            self.console.error(f"  {result.outcome} {action.kind.value} {action.name} "
+                               f"({action.key}): {result.error}")
+        if self.live:
+            self.console.err.write(f"[{progress.done}/{progress.total}] {progress.failed} failed, "
+                                   f"{progress.rate:.1f}/s")
+            self.console.err.flush()
+            self.shown = True
+
+    def finish(self) -> None:
+        if self.live and self.shown:
+            self.console.err.write("\r\033[K")
+
+
+def cmd_emulator(ctx: Context) -> int:
+    return emulator.run_from_args(ctx.args, ctx.console.out)

@@ -1,0 +1,444 @@
+"""The ROMA Connect FDI dispatch API client: requests, retries, error parsing.
+
+What it promises:
+- Every id is checked with `is_valid_id` before it enters a URL; a bad one raises before any
+  request is made.
+- GET and PUT are retried (exponential backoff, full jitter) on connect errors, timeouts, dropped
+  connections, 429 (honouring `Retry-After`) and 5xx.
+- A POST is resent only when it certainly was not processed (the connection was never made, or
+  429). When it may have been processed — read timeout, dropped connection, 5xx, an unreadable 2xx
+  body — it raises `OutcomeUnknown` at once: the API has no idempotency key, so only the caller
+  can resolve it, with a GET of the task, before anything is retried.
+- Every failure is an `ApiError` with one printable line: status, error code, message, request id.
+  Secrets never appear in messages, reprs or logs; request headers are never logged.
+- Thread-safe: each thread gets its own `httpx.Client` with a small pool, because one shared pool
+  degrades badly at ~50 concurrent requests.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from reconciler import __version__
+from reconciler.auth import Auth
+from reconciler.desired import parse_start_datetime
+from reconciler.model import DispatchKey, ReconcilerError, RemoteDispatch, Spec, is_valid_id
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json;charset=UTF-8"
+TASK_NOT_IN_PROJECT = "FDI.3180"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+_REGION = re.compile(r"[a-z0-9-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_SECRET_HEADERS = ("x-auth-token", "authorization")
+# One worker thread sends one request at a time; the second slot covers a connection the server
+# is closing while a new one opens.
+_LIMITS = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+# Raised before a byte of the request reached the server: even a POST may be sent again.
+_NOT_SENT: tuple[type[Exception], ...] = (
+    httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
+)
+# Mistakes on our side that no retry can fix.
+_LOCAL: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
+class ApiError(ReconcilerError):
+    """A failed API call. `str()` is one line: `HTTP 400 FDI.3002: message (request id X)`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        key: DispatchKey | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.method = method
+        self.key = key
+        head = " ".join(part for part in (
+            f"HTTP {status}" if status is not None else "", code or "") if part)
+        text = f"{head}: {message}" if head else message
+        super().__init__(f"{text} (request id {request_id})" if request_id else text)
+
+
+class OutcomeUnknown(ApiError):
+    """A POST was (possibly) processed but its result is unknown: GET the task to find out."""
+
+
+class DispatchClient:
+    """Create, show and update the dispatch of a task. Safe to share between threads."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        auth: Auth,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._endpoint = endpoint.rstrip("/")
+        self._auth = auth
+        self._transport = transport
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._max_retries = max(0, max_retries)
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._rand = rand
+        self._clock = clock
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"DispatchClient(endpoint={self._endpoint!r}, auth={self._auth!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every thread's connections; later calls raise ReconcilerError."""
+        with self._lock:
+            self._closed = True
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+    def show(self, key: DispatchKey) -> RemoteDispatch | None:
+        """The task's dispatch, or None when the task has none.
+
+        None for a 200 without `dispatch_id` (or empty) and for a 404 carrying an error code other
+        than FDI.3180; a 404 FDI.3180 (the task is not in the project) raises ApiError, and so
+        does a 404 without an API error code or with a gateway (`APIGW.*`) one: that is a wrong
+        endpoint, not a missing dispatch.
+        """
+        response = self._call("GET", key, _path(key, "GET"), None)
+        if response.status_code == 404:
+            error = self._error(response, "GET", key)
+            if error.code and error.code != TASK_NOT_IN_PROJECT and not error.code.startswith(
+                    "APIGW."):
+                return None
+            raise error
+        if not response.is_success:
+            raise self._error(response, "GET", key)
+        if not response.content.strip():
+            return None
+        try:
+            obj = _json_object(response)
+            if not obj.get("dispatch_id"):
+                return None
+            return parse_dispatch(obj)
+        except ValueError as exc:
+            raise self._bad_response(response, "GET", key, str(exc), ApiError) from None
+
+    def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
+        """POST the spec. Raises OutcomeUnknown when the dispatch may or may not exist now."""
+        response = self._call("POST", key, _path(key, "POST"), spec.body())
+        if not response.is_success:
+            raise self._error(response, "POST", key)
+        try:
+            return parse_dispatch(_json_object(response))
+        except ValueError as exc:
+            raise self._bad_response(response, "POST", key, str(exc), OutcomeUnknown) from None
+
+    def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
+        """PUT the spec onto the existing dispatch `dispatch_id` of the task."""
+        if not is_valid_id(dispatch_id):
+            raise ApiError(f"invalid dispatch_id {_short(dispatch_id)}: expected 1-64 of "
+                           "[A-Za-z0-9_-]", method="PUT", key=key)
+        response = self._call("PUT", key, f"{_path(key, 'PUT')}/{dispatch_id}", spec.body())
+        if not response.is_success:
+            raise self._error(response, "PUT", key)
+        try:
+            return parse_dispatch(_json_object(response))
+        except ValueError as exc:
+            raise self._bad_response(response, "PUT", key, str(exc), ApiError) from None
+
+    def _client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            with self._lock:
+                if self._closed:
+                    raise ReconcilerError("the API client is closed")
+                client = httpx.Client(
+                    base_url=self._endpoint,
+                    transport=self._transport,
+                    timeout=self._timeout,
+                    limits=_LIMITS,
+                    follow_redirects=False,
+                    headers={"Accept": "application/json",
+                             "User-Agent": f"reconciler/{__version__}"},
+                )
+                self._clients.append(client)
+            self._local.client = client
+        return client
+
+    def _call(self, method: str, key: DispatchKey, path: str,
+              body: Mapping[str, Any] | None) -> httpx.Response:
+        """Send with retries; returns the final response unless the retries ran out.
+
+        Returns any response that is not retried (2xx, 4xx other than 429, ...); raises ApiError
+        when retries are exhausted and OutcomeUnknown when a POST may have been processed.
+        """
+        content = None if body is None else json.dumps(
+            body, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {"Content-Type": CONTENT_TYPE} if content is not None else {}
+        attempt = 0
+        while True:
+            client = self._client()
+            request = client.build_request(method, path, content=content, headers=headers)
+            self._auth.apply(request)
+            started = time.monotonic()
+            delay: float | None = None
+            try:
+                response = client.send(request)
+            except _LOCAL as exc:
+                raise ApiError(_describe(exc, request), method=method, key=key) from None
+            except _NOT_SENT as exc:
+                error = ApiError(f"could not connect to {self._endpoint}: "
+                                 f"{_describe(exc, request)}", method=method, key=key)
+            except httpx.RequestError as exc:
+                if method == "POST":
+                    raise OutcomeUnknown(
+                        f"{_describe(exc, request)} after the request was sent; the dispatch "
+                        "may or may not have been created", method=method, key=key) from None
+                error = ApiError(_describe(exc, request), method=method, key=key)
+            else:
+                status = response.status_code
+                log.debug("%s %s -> %d in %.3fs", method, request.url.path, status,
+                          time.monotonic() - started)
+                if status != 429 and status < 500:
+                    return response
+                if method == "POST" and status != 429:
+                    raise self._error(response, method, key, OutcomeUnknown)
+                error = self._error(response, method, key)
+                if status in (429, 503):
+                    delay = self._retry_after(response.headers.get("Retry-After"))
+            if attempt >= self._max_retries:
+                raise error
+            if delay is None:
+                delay = self._rand() * min(self._max_backoff, self._backoff * 2 ** attempt)
+            attempt += 1
+            log.warning("%s %s: %s; retry %d of %d in %.2fs", method, key, error, attempt,
+                        self._max_retries, delay)
+            self._sleep(delay)
+
+    def _retry_after(self, value: str | None) -> float | None:
+        """Seconds from a `Retry-After` header (delta seconds or an HTTP date), capped."""
+        if not value:
+            return None
+        value = value.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            seconds = when.timestamp() - self._clock()
+        if math.isnan(seconds):
+            return None
+        return min(max(0.0, seconds), self._max_backoff * 4)
+
+    def _error(self, response: httpx.Response, method: str, key: DispatchKey,
+               cls: type[ApiError] = ApiError) -> ApiError:
+        code, message, request_id = _error_fields(response)
+        status = response.status_code
+        if status in (401, 403):
+            message += ("; check the credentials (RECONCILER_TOKEN: is the IAM token valid, "
+                        "unexpired and scoped to this project?)")
+        elif status == 404 and code == TASK_NOT_IN_PROJECT:
+            message = (f"task {key.task_id} is not in project {key.project_id} "
+                       f"(instance {key.instance_id}): {message}")
+        elif cls is OutcomeUnknown:
+            message += "; the dispatch may or may not have been created"
+        return cls(_redact(message, response.request), method=method, key=key, status=status,
+                   code=code, request_id=request_id)
+
+    def _bad_response(self, response: httpx.Response, method: str, key: DispatchKey,
+                      problem: str, cls: type[ApiError]) -> ApiError:
+        message = f"unexpected response: {problem}"
+        if cls is OutcomeUnknown:
+            message += "; the dispatch may or may not have been created"
+        return cls(_redact(message, response.request), method=method, key=key,
+                   status=response.status_code,
+                   request_id=_clean(response.headers.get("X-Request-Id"), 64))
+
+
+def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:
+    """A dispatch object from a response, tolerating unknown fields. ValueError when unusable.
+
+    `start_datetime` may be epoch ms or an ISO string (the documented example); when
+    `use_quartz_cron` says which form is in use, the other form's fields are dropped, since the API
+    may echo them empty or defaulted.
+    """
+    dispatch_id = obj.get("dispatch_id")
+    if not isinstance(dispatch_id, str) or not is_valid_id(dispatch_id):
+        raise ValueError(f"malformed dispatch_id {_short(dispatch_id)}")
+    fields = dict(obj)
+    quartz = obj.get("use_quartz_cron")
+    if isinstance(quartz, bool):
+        for name in ("period", "dispatch_interval") if quartz else ("cron", "cron_timezone"):
+            fields.pop(name, None)
+    for name in ("cron", "cron_timezone", "period", "remark"):
+        if fields.get(name) is not None and not isinstance(fields[name], str):
+            raise ValueError(f"{name} is not a string")
+    interval = fields.get("dispatch_interval")
+    if isinstance(interval, str) and interval.strip().isdigit():
+        fields["dispatch_interval"] = int(interval)
+    elif interval is not None and (isinstance(interval, bool) or not isinstance(interval, int)):
+        raise ValueError("dispatch_interval is not an integer")
+    start = fields.get("start_datetime")
+    if start is not None and start != "":
+        fields["start_datetime"] = parse_start_datetime(start)
+    return RemoteDispatch(dispatch_id, Spec.from_body(fields),
+                          _epoch_ms(obj.get("created_date")),
+                          _epoch_ms(obj.get("last_modified_date")))
+
+
+def endpoint_for(endpoint: str | None, region: str | None) -> str:
+    """The API base URL: `endpoint` when given, else `https://roma.{region}.myhuaweicloud.com`.
+
+    https is required except for loopback hosts (the emulator).
+    """
+    if endpoint and endpoint.strip():
+        return _checked_endpoint(endpoint.strip())
+    if region:
+        if not _REGION.fullmatch(region):
+            raise ReconcilerError(f"invalid region {_short(region)}: expected lower-case letters, "
+                                  "digits and '-' (e.g. cn-north-4)")
+        return f"https://roma.{region}.myhuaweicloud.com"
+    raise ReconcilerError("no API endpoint: set `region` (or RECONCILER_REGION), or `endpoint` "
+                          "(or RECONCILER_ENDPOINT)")
+
+
+def _checked_endpoint(text: str) -> str:
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        raise ReconcilerError(f"invalid endpoint {_short(text)}: not a URL") from None
+    if url.userinfo:
+        # Never echo it: the user part may hold a password.
+        raise ReconcilerError("invalid endpoint: it must not contain user information (user@)")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ReconcilerError(f"invalid endpoint {_short(text)}: expected https://HOST[:PORT]")
+    if url.query or url.fragment:
+        raise ReconcilerError(f"invalid endpoint {_short(text)}: no query or fragment allowed")
+    if url.scheme == "http" and url.host not in LOOPBACK_HOSTS:
+        raise ReconcilerError(f"invalid endpoint {_short(text)}: https is required "
+                              "(plain http only for 127.0.0.1, ::1 or localhost)")
+    return text.rstrip("/")
+
+
+def _path(key: DispatchKey, method: str) -> str:
+    for name in ("project_id", "instance_id", "task_id"):
+        value = getattr(key, name)
+        if not is_valid_id(value):
+            raise ApiError(f"invalid {name} {_short(value)}: expected 1-64 of [A-Za-z0-9_-]",
+                           method=method, key=key)
+    return (f"/v2/{key.project_id}/fdi/instances/{key.instance_id}"
+            f"/tasks/{key.task_id}/dispatches")
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        obj = json.loads(response.content)
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("the body is not a JSON object")
+    return obj
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]:
+    """(error code, message, request id) from any of the API's error body shapes."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    code = message = request_id = None
+    if isinstance(data, dict):
+        reason = data.get("reason")
+        inner = reason if isinstance(reason, dict) else data
+        code = _clean(inner.get("error_code"), 64)
+        message = _clean(inner.get("error_msg"), 512)
+        request_id = _clean(data.get("request_id") or inner.get("request_id"), 64)
+    if not message:
+        phrase = response.reason_phrase or "error"
+        snippet = "" if isinstance(data, dict) else _clean(response.text, 200)
+        message = f"{phrase}: {snippet}" if snippet else phrase
+    return code, message, request_id or _clean(response.headers.get("X-Request-Id"), 64)
+
+
+def _clean(value: object, limit: int) -> str | None:
+    """Server text made safe for one terminal line; None when empty or not a string."""
+    if not isinstance(value, str):
+        return None
+    text = _CONTROL.sub(" ", value).strip()[:limit].strip()
+    return text or None
+
+
+def _redact(text: str, request: httpx.Request) -> str:
+    """Remove secret header values from text built from server or library output."""
+    for name in _SECRET_HEADERS:
+        secret = request.headers.get(name)
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _describe(exc: Exception, request: httpx.Request) -> str:
+    detail = _clean(str(exc), 200)
+    name = type(exc).__name__
+    return _redact(f"{name}: {detail}" if detail else name, request)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _epoch_ms(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip():
+        try:
+            return parse_start_datetime(value)
+        except ValueError:
+            return None
+    return None

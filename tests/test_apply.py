@@ -1,0 +1,212 @@
+"""The applier against a scripted fake API and a real local state session."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reconciler.apply import Applier
+from reconciler.client import ApiError, OutcomeUnknown
+from reconciler.model import DispatchKey, RemoteDispatch, Spec
+from reconciler.plan import make_plan
+from reconciler.state.base import Intent, Provenance
+from reconciler.state.local import LocalBackend
+from tests.factories import NIGHTLY, key, record, schedule
+
+WHO = Provenance("apply", "2026-11-29T00:00:00Z", "tester", commit="abc", ci_job="job-1")
+
+
+class FakeApi:
+    """Keeps dispatches like the API; `script` makes the next calls for a task misbehave."""
+
+    def __init__(self) -> None:
+        self.dispatches: dict[DispatchKey, RemoteDispatch] = {}
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.script: dict[tuple[str, str], list[str]] = {}
+        self.lock = threading.Lock()
+        self.counter = 0
+
+    def _fault(self, method: str, key: DispatchKey) -> str | None:
+        with self.lock:
+            self.calls[(method, key.task_id)] += 1
+            queue = self.script.get((method, key.task_id))
+            return queue.pop(0) if queue else None
+
+    def show(self, key: DispatchKey) -> RemoteDispatch | None:
+        if self._fault("GET", key) == "error":
+            raise ApiError("boom", method="GET", key=key, status=503)
+        return self.dispatches.get(key)
+
+    def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
+        fault = self._fault("POST", key)
+        if fault == "error-before":
+            raise OutcomeUnknown("HTTP 500", method="POST", key=key, status=500)
+        if key in self.dispatches:
+            raise ApiError("The task already has a schedule.", method="POST", key=key,
+                           status=400, code="FDI.3002")
+        if fault == "reject":
+            raise ApiError("invalid parameters", method="POST", key=key, status=400,
+                           code="FDI.3002")
+        with self.lock:
+            self.counter += 1
+            created = RemoteDispatch(f"d{self.counter}", spec, 1, 1)
+            self.dispatches[key] = created
+        if fault == "drop-after":
+            raise OutcomeUnknown("connection dropped", method="POST", key=key)
+        return created
+
+    def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
+        self._fault("PUT", key)
+        updated = RemoteDispatch(dispatch_id, spec, 1, 2)
+        self.dispatches[key] = updated
+        return updated
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(tmp_path / "state.json")
+
+
+def apply(backend: LocalBackend, api: FakeApi, desired, parallelism: int = 4):  # type: ignore[no-untyped-def]
+    with backend.write_session(WHO) as session:
+        snapshot = backend.read()
+        plan = make_plan(desired, snapshot, desired_digest="d", created_at="now")
+        results = Applier(api, session, WHO, parallelism=parallelism).run(
+            plan.actions, set(snapshot.intents))
+        session.commit("test")
+    return results
+
+
+def test_creates_only_what_is_missing(backend: LocalBackend) -> None:
+    api = FakeApi()
+    desired = [schedule(f"t{n}") for n in range(20)]
+    results = apply(backend, api, desired)
+    assert [r.outcome for r in results] == ["created"] * 20
+    assert all(calls == 1 for calls in api.calls.values())
+    assert set(api.calls) == {("POST", f"t{n}") for n in range(20)}
+    state = backend.read()
+    assert len(state.records) == 20
+    stored = state.records[key("t3")]
+    assert stored.dispatch_id == api.dispatches[key("t3")].dispatch_id
+    assert (stored.applied_by, stored.commit, stored.ci_job) == ("tester", "abc", "job-1")
+    assert state.intents == {}
+    api.calls.clear()
+    assert apply(backend, api, desired) == []
+    assert not api.calls
+
+
+def test_update_is_one_put(backend: LocalBackend) -> None:
+    api = FakeApi()
+    apply(backend, api, [schedule("t1")])
+    api.calls.clear()
+    changed = replace(NIGHTLY, cron="0 0 3 * * ?")
+    (result,) = apply(backend, api, [schedule("t1", changed)])
+    assert result.outcome == "updated"
+    assert api.calls == Counter({("PUT", "t1"): 1})
+    assert backend.read().records[key("t1")].spec == changed
+
+
+def test_dropped_response_is_resolved_with_get_not_a_second_post(backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["drop-after"]
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.ok
+    assert result.outcome == "adopted"
+    assert result.calls == ("POST", "GET")
+    assert api.calls[("POST", "t1")] == 1
+    assert backend.read().records[key("t1")].dispatch_id == api.dispatches[key("t1")].dispatch_id
+
+
+def test_error_before_create_posts_again_after_get(backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["error-before"]
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.outcome == "created"
+    assert result.calls == ("POST", "GET", "POST")
+
+
+def test_outcome_unknown_for_ever_is_reported_and_kept_for_next_run(
+    backend: LocalBackend,
+) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["error-before"] * 3
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert not result.ok
+    assert result.outcome == "unknown"
+    assert key("t1") in backend.read().intents
+    api.calls.clear()
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.outcome == "created"
+    assert result.calls == ("GET", "POST")  # the intent is resolved first
+
+
+def test_intent_left_by_a_crash_is_resolved_by_get(backend: LocalBackend) -> None:
+    api = FakeApi()
+    # A crashed run wrote its intent and its POST was processed, but nothing was recorded.
+    with backend.write_session(WHO) as session:
+        session.intend(Intent(key("t1"), "i1", "create", "x", NIGHTLY.fingerprint))
+    api.dispatches[key("t1")] = RemoteDispatch("d-early", NIGHTLY, 1, 1)
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.outcome == "adopted"
+    assert api.calls[("POST", "t1")] == 0
+    assert backend.read().records[key("t1")].dispatch_id == "d-early"
+
+
+def test_refused_create_of_an_existing_dispatch_adopts_it(backend: LocalBackend) -> None:
+    api = FakeApi()
+    other = replace(NIGHTLY, remark="made by hand")
+    api.dispatches[key("t1")] = RemoteDispatch("d-hand", other, 1, 1)
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.outcome == "adopted and updated"
+    assert result.calls == ("POST", "GET", "PUT")
+    assert api.dispatches[key("t1")].spec == NIGHTLY
+
+
+def test_rejected_create_fails_alone_and_clears_its_intent(backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t2")] = ["reject"]
+    results = apply(backend, api, [schedule("t1"), schedule("t2"), schedule("t3")])
+    assert [(r.action.key.task_id, r.ok) for r in results] == [
+        ("t1", True), ("t2", False), ("t3", True)]
+    failed = results[1]
+    assert failed.status == 400
+    assert "FDI.3002" in (failed.error or "")
+    state = backend.read()
+    assert set(state.records) == {key("t1"), key("t3")}
+    assert state.intents == {}
+
+
+def test_orphans_and_noops_are_not_touched(backend: LocalBackend) -> None:
+    api = FakeApi()
+    apply(backend, api, [schedule("t1"), schedule("t2")])
+    api.calls.clear()
+    assert apply(backend, api, [schedule("t1")]) == []
+    assert not api.calls
+    assert key("t2") in backend.read().records
+
+
+def test_import_and_drift(backend: LocalBackend) -> None:
+    api = FakeApi()
+    changed = replace(NIGHTLY, remark="edited")
+    api.dispatches[key("t1")] = RemoteDispatch("d-out", NIGHTLY, 5, 6)
+    with backend.write_session(WHO) as session:
+        session.put(record("t2", NIGHTLY, dispatch_id="d-t2"))
+        session.commit("seed")
+    api.dispatches[key("t2")] = RemoteDispatch("d-t2", changed, 5, 6)
+    desired = [schedule("t1"), schedule("t2")]
+    with backend.write_session(WHO) as session:
+        snapshot = backend.read()
+        live = {key("t1"): api.show(key("t1")), key("t2"): api.show(key("t2"))}
+        plan = make_plan(desired, snapshot, desired_digest="d", created_at="x", remote=live)
+        results = Applier(api, session, WHO).run(plan.actions, set())
+        session.commit("refresh")
+    assert [r.outcome for r in results] == ["imported", "reverted drift"]
+    assert api.calls[("POST", "t1")] == 0
+    state = backend.read()
+    assert state.records[key("t1")].dispatch_id == "d-out"
+    assert state.records[key("t1")].created_date == 5
+    assert api.dispatches[key("t2")].spec == NIGHTLY

@@ -1,0 +1,366 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.auth import TokenAuth
+from reconciler.client import DispatchClient, OutcomeUnknown
+from reconciler.emulator import Emulator
+from reconciler.model import DispatchKey, Spec
+
+KEY = "proj1/inst1/task1"
+PATH = "/v2/proj1/fdi/instances/inst1/tasks/task1/dispatches"
+CRON = {"use_quartz_cron": True, "cron": "0 0 2 * * ?", "remark": "nightly"}
+PERIOD = {"use_quartz_cron": False, "period": "HOUR", "dispatch_interval": 6}
+HEADERS = {"X-Auth-Token": "any-token"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def emu(clock: Clock) -> Iterator[Emulator]:
+    with Emulator(clock=clock, seed=1) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def http(emu: Emulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=emu.url, headers=HEADERS) as client:
+        yield client
+
+
+def error_of(response: httpx.Response) -> tuple[int, str, str]:
+    body = response.json()
+    inner = body["reason"] if "reason" in body else body
+    return response.status_code, inner["error_code"], inner["error_msg"]
+
+
+def test_create_show_update_lifecycle(http: httpx.Client, clock: Clock) -> None:
+    created = http.post(PATH, json=CRON)
+    assert created.status_code == 200
+    obj = created.json()
+    assert len(obj["dispatch_id"]) == 32
+    assert int(obj["dispatch_id"], 16) >= 0
+    assert obj == {**CRON, "dispatch_id": obj["dispatch_id"], "task_id": "task1",
+                   "created_date": 1_700_000_000_000, "last_modified_date": 1_700_000_000_000}
+    assert http.get(PATH).json() == obj
+
+    clock.now += 60
+    updated = http.put(f"{PATH}/{obj['dispatch_id']}", json=PERIOD)
+    assert updated.status_code == 200
+    assert updated.json() == {**PERIOD, "dispatch_id": obj["dispatch_id"], "task_id": "task1",
+                              "created_date": 1_700_000_000_000,
+                              "last_modified_date": 1_700_000_060_000}
+    assert http.get(PATH).json() == updated.json()
+    assert created.headers["X-Request-Id"] != updated.headers["X-Request-Id"]
+
+
+def test_iso_start_datetime_is_converted(http: httpx.Client) -> None:
+    body = {**PERIOD, "start_datetime": "2020-11-14T07:38:25.609Z"}
+    assert http.post(PATH, json=body).json()["start_datetime"] == 1605339505609
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"period": "YEAR"}, "period"),
+    ({"dispatch_interval": 0}, "dispatch_interval"),
+    ({"dispatch_interval": 60}, "dispatch_interval"),
+    ({"dispatch_interval": "6"}, "dispatch_interval"),
+    ({"dispatch_interval": True}, "dispatch_interval"),
+    ({"remark": "x" * 37}, "remark"),
+    ({"use_quartz_cron": True}, "use_quartz_cron"),
+    ({"start_datetime": 946684799999}, "start_datetime"),
+    ({"start_datetime": 2147512447001}, "start_datetime"),
+    ({"start_datetime": "tomorrow"}, "start_datetime"),
+    ({"start_datetime": True}, "start_datetime"),
+    ({"period": None}, "period"),
+])
+def test_invalid_period_fields(http: httpx.Client, change: dict[str, Any], field: str) -> None:
+    response = http.post(PATH, json={**PERIOD, **change})
+    status, code, message = error_of(response)
+    assert (status, code) == (400, "FDI.3002")
+    assert response.json()["code"] == 400  # the wrapped shape
+    assert field in message
+    assert "X-Request-Id" in response.headers
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"cron": "* * *"}, "cron"),
+    ({"cron": "0 " * 128}, "cron"),
+    ({"use_quartz_cron": False}, "use_quartz_cron"),
+    ({"use_quartz_cron": "yes"}, "use_quartz_cron"),
+    ({"period": "DAY"}, "period"),
+])
+def test_invalid_cron_fields(http: httpx.Client, change: dict[str, Any], field: str) -> None:
+    status, code, message = error_of(http.post(PATH, json={**CRON, **change}))
+    assert (status, code) == (400, "FDI.3002")
+    assert field in message
+
+
+def test_valid_edges_are_accepted(http: httpx.Client) -> None:
+    body = {**PERIOD, "dispatch_interval": 59, "remark": "x" * 36, "start_datetime": 946684800000}
+    assert http.post(PATH, json=body).status_code == 200
+    cron = {**CRON, "cron": "0 0 2 * *"[:8]}
+    assert http.post(PATH.replace("task1", "task2"), json=cron).status_code == 200
+
+
+@pytest.mark.parametrize("content", [b"[1]", b"not json", b""])
+def test_body_must_be_a_json_object(http: httpx.Client, content: bytes) -> None:
+    assert error_of(http.post(PATH, content=content))[:2] == (400, "FDI.3002")
+    assert http.get(PATH).status_code == 404
+
+
+def test_empty_task_id(http: httpx.Client) -> None:
+    response = http.post(PATH.replace("task1", ""), json=CRON)
+    assert error_of(response) == (400, "FDI.3149", "The task ID is empty.")
+
+
+def test_one_dispatch_per_task(http: httpx.Client, emu: Emulator) -> None:
+    first = http.post(PATH, json=CRON).json()
+    assert error_of(http.post(PATH, json=PERIOD)) == (
+        400, "FDI.3002", "The task already has a schedule.")
+    assert list(emu.dispatches().values()) == [first]
+
+
+def test_missing_dispatch_and_wrong_dispatch_id(http: httpx.Client) -> None:
+    response = http.get(PATH)
+    assert response.json() == {"error_code": "FDI.3181", "error_msg": "The dispatch does not exist."}
+    assert response.status_code == 404
+    assert error_of(http.put(f"{PATH}/nope", json=CRON))[:2] == (404, "FDI.3181")
+    http.post(PATH, json=CRON)
+    assert error_of(http.put(f"{PATH}/nope", json=CRON))[:2] == (404, "FDI.3181")
+
+
+def test_unknown_task(http: httpx.Client, emu: Emulator) -> None:
+    emu.mark_unknown_task(KEY)
+    for response in (http.get(PATH), http.post(PATH, json=CRON)):
+        assert response.json() == {"error_code": "FDI.3180",
+                                   "error_msg": "The task does not belong to the project."}
+    assert emu.dispatches() == {}
+
+
+def test_unknown_path_and_method(http: httpx.Client) -> None:
+    assert error_of(http.get("/v2/x"))[:2] == (404, "APIGW.0101")
+    assert error_of(http.put(PATH, json=CRON))[:2] == (404, "APIGW.0101")
+
+
+def test_any_non_empty_token_by_default(emu: Emulator) -> None:
+    assert httpx.get(emu.url + PATH).json() == {
+        "error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information"}
+    assert httpx.get(emu.url + PATH, headers={"X-Auth-Token": ""}).status_code == 401
+    assert httpx.get(emu.url + PATH, headers={"X-Auth-Token": "whatever"}).status_code == 404
+
+
+def test_configured_token_must_match() -> None:
+    with Emulator(token="right") as emu:
+        assert httpx.get(emu.url + PATH, headers={"X-Auth-Token": "wrong"}).status_code == 401
+        assert httpx.get(emu.url + PATH, headers={"X-Auth-Token": "right"}).status_code == 404
+
+
+def test_fault_throttle(http: httpx.Client, emu: Emulator) -> None:
+    emu.add_fault(KEY, "throttle", times=2)
+    for _ in range(2):
+        response = http.get(PATH)
+        assert (response.status_code, response.headers["Retry-After"]) == (429, "1")
+    assert http.get(PATH).status_code == 404
+
+
+def test_fault_status_and_scope(http: httpx.Client, emu: Emulator) -> None:
+    emu.add_fault(KEY, "status:503")
+    other = PATH.replace("task1", "task2")
+    assert http.post(other, json=CRON).status_code == 200  # another task is not affected
+    response = http.post(PATH, json=CRON)
+    assert response.status_code == 503
+    assert response.json() == {"error_code": "EMU.503", "error_msg": "injected"}
+    emu.add_fault(None, "status:502")
+    assert http.get(other).status_code == 502
+    assert http.get(other).status_code == 200
+
+
+def test_fault_error_before_create(http: httpx.Client, emu: Emulator) -> None:
+    emu.add_fault(KEY, "error_before_create")
+    assert http.get(PATH).status_code == 404  # POST-only: a GET does not consume it
+    assert http.post(PATH, json=CRON).status_code == 500
+    assert emu.dispatches() == {}
+    assert http.post(PATH, json=CRON).status_code == 200
+
+
+def test_fault_drop_after_create(http: httpx.Client, emu: Emulator) -> None:
+    emu.add_fault(None, "drop_after_create")
+    with pytest.raises(httpx.RemoteProtocolError):
+        http.post(PATH, json=CRON)
+    assert list(emu.dispatches()) == [KEY]
+    assert http.get(PATH).status_code == 200  # the client reconnects
+
+
+def test_fault_rates_are_seeded() -> None:
+    with Emulator(throttle_rate=1.0) as emu:
+        assert httpx.get(emu.url + PATH, headers=HEADERS).status_code == 429
+    outcomes = []
+    for _ in range(2):
+        with Emulator(seed=7, error_before_create_rate=0.5) as emu, \
+                httpx.Client(base_url=emu.url, headers=HEADERS) as http:
+            outcomes.append([http.post(PATH.replace("task1", f"t{i}"), json=CRON).status_code
+                             for i in range(16)])
+    assert outcomes[0] == outcomes[1]
+    assert set(outcomes[0]) == {200, 500}
+
+
+def test_unknown_fault_is_refused(emu: Emulator) -> None:
+    with pytest.raises(ValueError, match="unknown fault"):
+        emu.add_fault(KEY, "explode")
+
+
+def test_persistence_across_restart(tmp_path: Path) -> None:
+    data = tmp_path / "emu" / "data.json"
+    with Emulator(data=data) as emu:
+        created = httpx.post(emu.url + PATH, json=CRON, headers=HEADERS).json()
+        emu.mark_unknown_task("p/i/gone")
+    assert json.loads(data.read_text())["dispatches"][KEY] == created
+    assert os.listdir(data.parent) == ["data.json"]  # no temp files left
+    with Emulator(data=data) as emu:
+        assert httpx.get(emu.url + PATH, headers=HEADERS).json() == created
+        gone = "/v2/p/fdi/instances/i/tasks/gone/dispatches"
+        assert httpx.get(emu.url + gone, headers=HEADERS).json()["error_code"] == "FDI.3180"
+        emu.delete_dispatch(KEY)
+    assert json.loads(data.read_text())["dispatches"] == {}
+
+
+def test_counters(http: httpx.Client, emu: Emulator) -> None:
+    http.post(PATH, json=CRON)
+    http.post(PATH, json=CRON)
+    http.get(PATH)
+    httpx.get(emu.url + PATH)  # refused (no token) but counted
+    assert emu.calls(KEY) == {"POST": 2, "GET": 2}
+    assert emu.calls() == {KEY: {"POST": 2, "GET": 2}}
+    assert emu.calls("other/x/y") == {}
+
+
+def test_direct_control_methods(http: httpx.Client, emu: Emulator) -> None:
+    planted = emu.put_dispatch(KEY, {**CRON, "extra": 1})
+    assert http.get(PATH).json() == planted
+    assert planted["extra"] == 1
+    changed = emu.put_dispatch(KEY, PERIOD)
+    assert changed["dispatch_id"] == planted["dispatch_id"]
+    assert "cron" not in changed
+    assert emu.delete_dispatch(KEY) is True
+    assert emu.delete_dispatch(KEY) is False
+    assert http.get(PATH).status_code == 404
+    with pytest.raises(ValueError, match="invalid key"):
+        emu.put_dispatch("no-slashes", CRON)
+
+
+def test_control_api_over_http(emu: Emulator) -> None:
+    with httpx.Client(base_url=emu.url) as control:  # no token needed
+        planted = control.post("/_emulator/dispatches", json={"key": KEY, "dispatch": CRON})
+        assert planted.status_code == 200
+        assert control.get("/_emulator/dispatches").json() == {KEY: planted.json()}
+        assert control.post("/_emulator/faults",
+                            json={"key": None, "fault": "status:500", "times": 1}).status_code == 200
+        assert httpx.get(emu.url + PATH, headers=HEADERS).status_code == 500
+        assert control.get("/_emulator/calls").json() == {KEY: {"GET": 1}}
+        assert control.delete(f"/_emulator/dispatches/{KEY}").json() == {"deleted": True}
+        assert emu.dispatches() == {}
+        assert control.post("/_emulator/unknown-tasks", json={"key": KEY}).status_code == 200
+        assert httpx.get(emu.url + PATH, headers=HEADERS).status_code == 404
+        assert httpx.get(emu.url + PATH, headers=HEADERS).json()["error_code"] == "FDI.3180"
+        bad = control.post("/_emulator/faults", json={"key": KEY, "fault": "nope"})
+        assert bad.status_code == 400
+        assert control.get("/_emulator/nothing").status_code == 404
+
+
+def test_fifty_concurrent_keep_alive_clients() -> None:
+    clients, latency = 50, 0.020
+    with Emulator(latency_ms=latency * 1000) as emu:
+        barrier = threading.Barrier(clients)
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def work(n: int) -> None:
+            with httpx.Client(base_url=emu.url, headers=HEADERS) as http:
+                path = PATH.replace("task1", f"t{n}")
+                barrier.wait()
+                codes = [http.post(path, json=CRON).status_code, http.get(path).status_code]
+            with lock:
+                statuses.extend(codes)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        assert statuses == [200] * (2 * clients)
+        sequential = 2 * clients * latency
+        assert elapsed < 0.5 * sequential, f"{elapsed:.3f}s for {2 * clients} requests"
+        assert len(emu.dispatches()) == clients
+
+
+def test_dispatch_client_end_to_end(emu: Emulator) -> None:
+    key = DispatchKey("proj1", "inst1", "task1")
+    spec = Spec(cron="0 0 2 * * ?", cron_timezone="Asia/Shanghai", remark="nightly")
+    with DispatchClient(emu.url, TokenAuth("t")) as client:
+        assert client.show(key) is None
+        created = client.create(key, spec)
+        assert created.spec == spec
+        assert client.show(key) == created
+        period = Spec(period="DAY", dispatch_interval=1, start_datetime=1_764_518_400_000)
+        updated = client.update(key, created.dispatch_id, period)
+        assert (updated.dispatch_id, updated.spec) == (created.dispatch_id, period)
+        assert client.show(key) == updated
+
+        other = DispatchKey("proj1", "inst1", "task2")
+        emu.add_fault(str(other), "drop_after_create")
+        with pytest.raises(OutcomeUnknown):
+            client.create(other, spec)
+        found = client.show(other)
+        assert found is not None
+        assert found.spec == spec
+    assert emu.calls(str(other)) == {"POST": 1, "GET": 1}
+
+
+def test_run_from_args_serves_until_terminated(tmp_path: Path) -> None:
+    script = (
+        "import argparse, sys\n"
+        "from reconciler import emulator\n"
+        "parser = argparse.ArgumentParser()\n"
+        "emulator.add_arguments(parser)\n"
+        "sys.exit(emulator.run_from_args(parser.parse_args(sys.argv[1:]), sys.stdout))\n"
+    )
+    data = tmp_path / "data.json"
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, "--port", "0", "--token", "tok", "--data", str(data)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = line.split()[3]
+        assert url.startswith("http://127.0.0.1:")
+        response = httpx.post(url + PATH, json=CRON, headers={"X-Auth-Token": "tok"})
+        assert response.status_code == 200
+        assert httpx.get(url + PATH, headers=HEADERS).status_code == 401
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    assert KEY in json.loads(data.read_text())["dispatches"]
