@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hmac
 import json
 import logging
@@ -173,7 +174,7 @@ class Emulator:
     def dispatches(self) -> dict[str, dict[str, Any]]:
         """A copy of every stored dispatch by task key."""
         with self._lock:
-            return json.loads(json.dumps(self._store.dispatches))  # type: ignore[no-any-return]
+            return copy.deepcopy(self._store.dispatches)
 
     def put_dispatch(self, key: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create or replace a task's dispatch as someone outside the tool would; unvalidated,
@@ -564,7 +565,7 @@ def run_from_args(args: argparse.Namespace, out: TextIO) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         emulator.stop()
     return 0

@@ -112,8 +112,10 @@ def test_endpoint_path_prefix_is_kept() -> None:
 def test_bad_ids_are_refused_before_any_request(key: DispatchKey) -> None:
     script = Script(ok())
     client = make(script)
-    for call in (lambda: client.show(key), lambda: client.create(key, CRON),
-                 lambda: client.update(key, "d1", CRON)):
+    calls: list[Callable[[], object]] = [lambda: client.show(key),
+                                         lambda: client.create(key, CRON),
+                                         lambda: client.update(key, "d1", CRON)]
+    for call in calls:
         with pytest.raises(ApiError, match="invalid"):
             call()
     assert script.requests == []
@@ -395,6 +397,7 @@ def test_many_threads_share_one_client_each_with_its_own_httpx_client() -> None:
     client = make(handler)
     failures: list[BaseException] = []
     per_thread: dict[int, httpx.Client] = {}
+    all_done = threading.Barrier(20)  # keeps every thread alive until all have worked
 
     def work(n: int) -> None:
         try:
@@ -406,6 +409,7 @@ def test_many_threads_share_one_client_each_with_its_own_httpx_client() -> None:
                 assert found.dispatch_id == f"t{n}-{i}"
         except BaseException as exc:
             failures.append(exc)
+        all_done.wait()
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(20)]
     for thread in threads:
@@ -416,8 +420,10 @@ def test_many_threads_share_one_client_each_with_its_own_httpx_client() -> None:
     assert len(seen) == 400
     assert len({id(c) for c in per_thread.values()}) == 20
     assert len(client._clients) == 20
-    client.close()
+    client.show(KEY)  # a new thread's client: the finished threads' ones are closed
+    assert list(client._clients) == [threading.current_thread()]
     assert all(c.is_closed for c in per_thread.values())
+    client.close()
     with pytest.raises(ReconcilerError, match="closed"):
         client.show(KEY)
 

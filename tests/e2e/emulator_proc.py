@@ -48,7 +48,8 @@ def emulator(*options: str) -> Iterator[EmulatorProcess]:
         assert process.stdout is not None
         line = process.stdout.readline()
         if "listening on" not in line:
-            raise RuntimeError(f"emulator did not start: {line} {process.stderr.read() if process.stderr else ''}")
+            errors = process.stderr.read() if process.stderr else ""
+            raise RuntimeError(f"emulator did not start: {line} {errors}")
         url = line.split("listening on ")[1].split()[0]
         proc = EmulatorProcess(url, process)
         yield proc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -118,8 +119,6 @@ def test_kill_9_during_creates_then_rerun(project: Project) -> None:
 
 
 def project_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
 
 
