@@ -396,12 +396,10 @@ def test_many_threads_share_one_client_each_with_its_own_httpx_client() -> None:
 
     client = make(handler)
     failures: list[BaseException] = []
-    per_thread: dict[int, httpx.Client] = {}
     all_done = threading.Barrier(20)  # keeps every thread alive until all have worked
 
     def work(n: int) -> None:
         try:
-            per_thread[n] = client._client()
             for i in range(20):
                 key = DispatchKey("proj1", "inst1", f"t{n}-{i}")
                 found = client.show(key)
@@ -418,21 +416,43 @@ def test_many_threads_share_one_client_each_with_its_own_httpx_client() -> None:
         thread.join()
     assert failures == []
     assert len(seen) == 400
-    assert len({id(c) for c in per_thread.values()}) == 20
-    assert len(client._clients) == 20
-    client.show(KEY)  # a new thread's client: the finished threads' ones are closed
-    assert list(client._clients) == [threading.current_thread()]
-    assert all(c.is_closed for c in per_thread.values())
     client.close()
     with pytest.raises(ReconcilerError, match="closed"):
         client.show(KEY)
 
 
-def test_context_manager_closes() -> None:
-    with make(Script(ok())) as client:
-        client.show(KEY)
-        inner = client._client()
-    assert inner.is_closed
+def test_each_thread_has_its_own_connection_and_finished_ones_are_closed() -> None:
+    from reconciler.emulator import Emulator
+    from reconciler.transport import StdlibTransport
+
+    with Emulator() as emulator:
+        client = DispatchClient(emulator.url, TokenAuth("t"))
+        all_done = threading.Barrier(10)
+        failures: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                assert client.show(DispatchKey("p", "i", f"t{n}")) is None
+            except BaseException as exc:
+                failures.append(exc)
+            all_done.wait()
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        transports = list(client._transports.values())
+        assert len({id(t) for t in transports}) == 10
+        assert all(isinstance(t, StdlibTransport) for t in transports)
+        assert all(t._connection is not None for t in transports)  # type: ignore[attr-defined]
+        client.show(KEY)  # a new thread's connection: the finished threads' ones are closed
+        assert list(client._transports) == [threading.current_thread()]
+        assert all(t._connection is None for t in transports)  # type: ignore[attr-defined]
+        with client:
+            pass
+        assert client._transports == {}
 
 
 # -- endpoint and auth -----------------------------------------------------------------------------
