@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -135,16 +139,31 @@ def test_idle_connection_closed_by_server_is_replaced_before_sending() -> None:
     assert len(connections) == 2
 
 
-def test_tls_is_verified() -> None:
-    # A TLS server whose certificate no CA signed: the handshake must fail, never pass.
-    def handle(conn: socket.socket) -> None:
-        try:
-            conn.recv(1024)
-        except OSError:
-            pass
+def test_tls_certificate_not_signed_by_a_trusted_ca_is_refused(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
 
-    with server(handle) as port, pytest.raises(httpx.ConnectError):
-        transport().handle_request(httpx.Request("GET", f"https://127.0.0.1:{port}/"))
+    def handle(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), tls.wrap_socket(conn, server_side=True) as wrapped:
+            read_request(wrapped)
+            wrapped.sendall(OK)
+
+    with server(handle) as port:
+        with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+            transport().handle_request(httpx.Request("GET", f"https://127.0.0.1:{port}/"))
+        # Trusting that certificate explicitly makes the same request succeed, so the failure
+        # above was the verification and nothing else.
+        trusting = ssl.create_default_context(cafile=str(cert))
+        response = StdlibTransport(trusting, 2, 2).handle_request(
+            httpx.Request("GET", f"https://127.0.0.1:{port}/"))
+        response.read()
+        assert response.status_code == 200
 
 
 def test_proxy_from_environment_uses_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
