@@ -83,7 +83,7 @@ class Applier:
         self.parallelism = max(1, parallelism)
         self.on_result = on_result
         self.clock = clock
-        self._lock = threading.Lock()  # one writer of the session and the progress at a time
+        self._lock = threading.Lock()  # guards the progress counters and the callback
 
     def run(
         self, actions: Sequence[Action], pending_intents: set[DispatchKey]
@@ -154,9 +154,8 @@ class Applier:
             if live is not None:
                 return self._adopt(action, live, desired, calls)
         for _ in range(MAX_RESOLVE_ROUNDS):
-            with self._lock:
-                self.session.intend(Intent(key, uuid.uuid4().hex, "create",
-                                           self.provenance.time, desired.fingerprint))
+            self.session.intend(Intent(key, uuid.uuid4().hex, "create",
+                                       self.provenance.time, desired.fingerprint))
             try:
                 calls.append("POST")
                 created = self.api.create(key, desired)
@@ -173,8 +172,7 @@ class Applier:
                     live = self._show(key, calls)
                     if live is not None:
                         return self._adopt(action, live, desired, calls)
-                with self._lock:
-                    self.session.clear_intent(key)
+                self.session.clear_intent(key)
                 raise
             self._record(action, created, desired)
             return ActionResult(action, True, "created", created.dispatch_id)
@@ -228,8 +226,7 @@ class Applier:
             commit=self.provenance.commit,
             ci_job=self.provenance.ci_job,
         )
-        with self._lock:
-            self.session.put(record)
+        self.session.put(record)
 
 
 def summarise(results: Sequence[ActionResult]) -> str:

@@ -635,3 +635,29 @@ def test_history_index_survives_torn_and_duplicate_lines(state: Path) -> None:
         handle.write(b'{"serial":2,"provenance":{},"summary":"again"}\n')
         handle.write(b'{"serial":9,"provenance":{},"summary":"never sealed"}\n')
     assert [(h.serial, h.summary) for h in backend.history()] == [(1, "one"), (2, "again")]
+
+
+def test_concurrent_puts_and_intents_from_many_threads(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "state.json")
+    keys = [DispatchKey("p", "i", f"t{n:03d}") for n in range(400)]
+    with backend.write_session(PROV) as session:
+
+        def work(chunk: list[DispatchKey]) -> None:
+            for key in chunk:
+                session.intend(Intent(key, "i", "create", "now", "sha256:x"))
+                session.put(Record(key, key.task_id, "f.yaml:1", f"d-{key.task_id}",
+                                   Spec(cron="0 0 2 * * ?")))
+
+        threads = [threading.Thread(target=work, args=(keys[n::8],)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pending = backend.read()  # the journal as another process would read it
+        assert set(pending.records) == set(keys)
+        assert pending.intents == {}
+        sealed = session.commit("threads")
+    assert set(sealed.records) == set(keys)
+    assert backend.read().records == sealed.records
+    saved = json.loads(backend.path.read_text())
+    assert saved["dispatches"]["p/i/t123"]["dispatch_id"] == "d-t123"

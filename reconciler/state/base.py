@@ -188,7 +188,9 @@ class LockHeld(StateError):
 
 
 class Session(Protocol):
-    """A write session under the lock: every call is durable when it returns."""
+    """A write session under the lock: every call is durable when it returns.
+
+    put, remove, intend and clear_intent may be called from several threads at once."""
 
     serial: int
 

@@ -487,7 +487,11 @@ class _HeldLock:
 
 
 class _LocalSession:
-    """A write session: each action is one journal line, durable when the call returns."""
+    """A write session: each action is one journal line, durable when the call returns.
+
+    Safe to call from several threads: a lock orders the lines, and an intent's fdatasync runs
+    outside it, so concurrent creates share flushes instead of queueing for each other's.
+    """
 
     serial: int
 
@@ -502,6 +506,7 @@ class _LocalSession:
         self._actions = 0
         self._committed = False
         self._closed = False
+        self._lock = threading.Lock()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         self._fd = os.open(backend.journal_path, flags, 0o644)
         header = {"lineage": self._lineage, "base_serial": base.serial, "serial": self.serial,
@@ -510,36 +515,44 @@ class _LocalSession:
         _datasync(self._fd)
         _fsync_dir(backend.journal_path.parent)
 
-    def _append(self, entry: dict[str, Any]) -> None:
-        if self._closed:
-            raise StateError("the write session is closed")
-        _write_all(self._fd, _line(entry))
-        self._actions += 1
+    def _append(self, entry: dict[str, Any], apply: Callable[[], object]) -> None:
+        """Write one line, then update the in-memory view, in the same order for all threads."""
+        line = _line(entry)
+        with self._lock:
+            if self._closed:
+                raise StateError("the write session is closed")
+            _write_all(self._fd, line)
+            self._actions += 1
+            apply()
 
     def put(self, record: Record) -> None:
         """Record a dispatch (stored with `version` = this session's serial); clears its intent."""
         record = dataclasses.replace(record, version=self.serial)
-        self._append({"op": "put", "key": str(record.key), "record": record.to_json()})
-        self._records[record.key] = record
-        self._intents.pop(record.key, None)
+
+        def apply() -> None:
+            self._records[record.key] = record
+            self._intents.pop(record.key, None)
+
+        self._append({"op": "put", "key": str(record.key), "record": record.to_json()}, apply)
 
     def remove(self, key: DispatchKey) -> None:
         """Forget a dispatch; a key not in the state is not an error."""
-        self._append({"op": "remove", "key": str(key)})
-        self._records.pop(key, None)
+        self._append({"op": "remove", "key": str(key)}, lambda: self._records.pop(key, None))
 
     def intend(self, intent: Intent) -> None:
         """Durable even across a power loss before it returns: it guards a create."""
-        self._append({"op": "intent", "key": str(intent.key), "intent": intent.to_json()})
+        self._append({"op": "intent", "key": str(intent.key), "intent": intent.to_json()},
+                     lambda: self._intents.__setitem__(intent.key, intent))
         _datasync(self._fd)
-        self._intents[intent.key] = intent
 
     def clear_intent(self, key: DispatchKey) -> None:
-        self._append({"op": "clear_intent", "key": str(key)})
-        self._intents.pop(key, None)
+        self._append({"op": "clear_intent", "key": str(key)},
+                     lambda: self._intents.pop(key, None))
 
     def commit(self, summary: str) -> Snapshot:
-        """Seal the session as serial+1; with no actions, leave the serial alone."""
+        """Seal the session as serial+1; with no actions, leave the serial alone.
+
+        Call it once every thread using the session has finished."""
         if self._closed:
             raise StateError("the write session is closed")
         if not self._actions:
