@@ -100,7 +100,9 @@ def cmd_apply(ctx: Context) -> int:
         plan = planfile.load(ctx.settings.base / Path(ctx.args.planfile))
     else:
         plan = build_plan(ctx, desired)
-        ctx.console.print(render(ctx, plan, "text"), end="")
+        # --quiet keeps the summary line: enough in CI logs where the plan was reviewed before.
+        shown = summary_line(plan) + "\n" if ctx.console.quiet else render(ctx, plan, "text")
+        ctx.console.print(shown, end="")
     if not plan.has_changes:
         if ctx.args.planfile:
             ctx.console.print("No changes in the saved plan.")
