@@ -212,21 +212,26 @@ class Applier:
 
     def _record(self, action: Action, dispatch: RemoteDispatch, sent: Spec | None = None) -> None:
         """Record what the API returned; the spec is what we sent when it echoes less."""
-        spec = sent if sent is not None else dispatch.spec
-        record = Record(
-            key=action.key,
-            name=action.name,
-            source=action.source,
-            dispatch_id=dispatch.dispatch_id,
-            spec=spec,
-            created_date=dispatch.created_date,
-            last_modified_date=dispatch.last_modified_date,
-            applied_at=self.provenance.time,
-            applied_by=self.provenance.actor,
-            commit=self.provenance.commit,
-            ci_job=self.provenance.ci_job,
-        )
-        self.session.put(record)
+        self.session.put(record_of(action.key, action.name, action.source, dispatch,
+                                   provenance=self.provenance, sent=sent))
+
+
+def record_of(key: DispatchKey, name: str, source: str, dispatch: RemoteDispatch, *,
+              provenance: Provenance, sent: Spec | None = None) -> Record:
+    """The state record of a dispatch the API returned, with who recorded it and when."""
+    return Record(
+        key=key,
+        name=name,
+        source=source,
+        dispatch_id=dispatch.dispatch_id,
+        spec=sent if sent is not None else dispatch.spec,
+        created_date=dispatch.created_date,
+        last_modified_date=dispatch.last_modified_date,
+        applied_at=provenance.time,
+        applied_by=provenance.actor,
+        commit=provenance.commit,
+        ci_job=provenance.ci_job,
+    )
 
 
 def summarise(results: Sequence[ActionResult]) -> str:

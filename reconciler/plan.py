@@ -33,7 +33,11 @@ def make_plan(
     created_at: str,
     remote: Mapping[DispatchKey, RemoteDispatch | None] | None = None,
 ) -> Plan:
-    """Compare; `remote` (key → live dispatch, None when the task has none) means refreshed."""
+    """Compare; `remote` (key → live dispatch, None when the task has none) means refreshed.
+
+    A key missing from `remote` (its live dispatch could not be read) is planned from the
+    recorded state alone, as without a refresh.
+    """
     actions: list[Action] = []
     desired_keys: set[DispatchKey] = set()
     records = state.records
@@ -41,8 +45,9 @@ def make_plan(
     for schedule in desired:
         desired_keys.add(schedule.key)
         record = records.get(schedule.key)
+        known = remote is not None and schedule.key in remote
         live = remote.get(schedule.key) if remote is not None else None
-        action = _plan_desired(schedule, record, live, refreshed=remote is not None)
+        action = _plan_desired(schedule, record, live, refreshed=known)
         if schedule.key in intents and action.kind is ActionKind.CREATE:
             action = _with_intent(action)
         actions.append(action)
@@ -87,7 +92,7 @@ def _plan_desired(
         )
 
     if record is None:
-        if live is not None:
+        if refreshed and live is not None:
             return action(ActionKind.IMPORT, live.spec, live.dispatch_id)
         return action(ActionKind.CREATE, None)
     if refreshed and live is None:

@@ -144,3 +144,13 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
     assert a.fingerprint == b.fingerprint
     assert a.fingerprint != replace(a, remark="y").fingerprint
     assert a.fingerprint.startswith("sha256:")
+
+
+def test_key_whose_live_read_failed_is_planned_offline() -> None:
+    # t1's GET failed (absent from the map): no "create again", no import guess.
+    remote_map = {key("t2"): None}
+    result = plan([schedule("t1"), schedule("t2")], snapshot(record("t1"), record("t2")),
+                  remote_map)
+    assert kinds(result) == {"t1": "noop", "t2": "create"}
+    unrecorded = plan([schedule("t3")], snapshot(), {})
+    assert kinds(unrecorded) == {"t3": "create"}

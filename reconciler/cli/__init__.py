@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler import __version__, config
-from reconciler.cli import apply_cmd, plan_cmd, state_cmd, validate_cmd
+from reconciler.cli import apply_cmd, import_cmd, plan_cmd, state_cmd, validate_cmd
 from reconciler.cli.console import (
     EXIT_ERROR,
     EXIT_OK,
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.register(commands)
     plan_cmd.register(commands)
     apply_cmd.register(commands)
+    import_cmd.register(commands)
     state_cmd.register(commands)
     _accept_global_options_after_commands(parser)
     return parser

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from reconciler import config, emulator, planfile, provenance
 from reconciler.apply import ActionResult, Applier, Progress, summarise
-from reconciler.auth import TokenAuth, auth_from_env
+from reconciler.cli.api import add_api_arguments, open_api
 from reconciler.cli.console import EXIT_ERROR, EXIT_OK, Context, UsageError
 from reconciler.cli.plan_cmd import build_plan, render
 from reconciler.cli.state_cmd import add_lock_timeout
 from reconciler.cli.validate_cmd import load_or_report
-from reconciler.client import DispatchClient, endpoint_for
 from reconciler.plan import make_plan
 from reconciler.planfile import StalePlan
 from reconciler.render.text import summary_line
 from reconciler.state.backends import open_backend
-
-EMULATOR_DATA = ".reconciler/emulator.json"
-EMULATOR_TOKEN = "emulator"  # noqa: S105 - the built-in emulator accepts any token
 
 
 def register(commands: Any) -> None:
@@ -38,9 +32,9 @@ def register(commands: Any) -> None:
                        help="do not ask for confirmation")
     apply.add_argument("--parallelism", type=_parallelism, metavar="N",
                        help=f"concurrent API calls (default {config.DEFAULT_PARALLELISM})")
-    apply.add_argument("--emulator", action="store_true",
-                       help="apply to a built-in emulator of the API (data in "
-                       f"{EMULATOR_DATA}), to try things without a cloud account")
+    apply.add_argument("--refresh", action="store_true",
+                       help="read the live dispatches first: adopt existing ones, revert drift")
+    add_api_arguments(apply)
     add_lock_timeout(apply)
     apply.set_defaults(handler=cmd_apply)
 
@@ -56,22 +50,6 @@ def register(commands: Any) -> None:
 
 def _parallelism(text: str) -> int:
     return config.parse_parallelism(text, "--parallelism")
-
-
-@contextlib.contextmanager
-def _api(ctx: Context) -> Iterator[DispatchClient]:
-    """The API client: the built-in emulator with --emulator, else the configured endpoint."""
-    if ctx.args.emulator:
-        data = ctx.settings.base / EMULATOR_DATA
-        data.parent.mkdir(parents=True, exist_ok=True)
-        with emulator.Emulator(data=data) as local:
-            url = local.start()
-            with DispatchClient(url, TokenAuth(EMULATOR_TOKEN)) as client:
-                yield client
-        return
-    endpoint = endpoint_for(ctx.settings.endpoint, ctx.settings.region)
-    with DispatchClient(endpoint, auth_from_env(ctx.environ)) as client:
-        yield client
 
 
 def _confirm(ctx: Context) -> bool:
@@ -98,8 +76,16 @@ def cmd_apply(ctx: Context) -> int:
     backend = open_backend(ctx.settings)
     if ctx.args.planfile:
         plan = planfile.load(ctx.settings.base / Path(ctx.args.planfile))
+    elif ctx.args.refresh:
+        with open_api(ctx) as api:
+            plan, failures = build_plan(ctx, desired, api)
+        if failures:
+            ctx.console.error(f"{len(failures)} live dispatches could not be read; nothing was "
+                              "applied.")
+            return EXIT_ERROR
     else:
-        plan = build_plan(ctx, desired)
+        plan, _ = build_plan(ctx, desired)
+    if not ctx.args.planfile:
         # --quiet keeps the summary line: enough in CI logs where the plan was reviewed before.
         shown = summary_line(plan) + "\n" if ctx.console.quiet else render(ctx, plan, "text")
         ctx.console.print(shown, end="")
@@ -111,14 +97,14 @@ def cmd_apply(ctx: Context) -> int:
         return EXIT_ERROR
     parallelism = ctx.args.parallelism or ctx.settings.parallelism
     who = provenance.current("apply", ctx.environ, ctx.now(), ctx.settings.base)
-    with _api(ctx) as api, backend.write_session(
+    with open_api(ctx) as api, backend.write_session(
         who, lock_timeout=ctx.args.lock_timeout
     ) as session:
         current = backend.read()
         if ctx.args.planfile:
             planfile.check_fresh(plan, current, digest)
         elif planfile.stale_reasons(plan, current, digest):
-            if not ctx.args.auto_approve:
+            if not ctx.args.auto_approve or plan.refreshed:
                 raise StalePlan("another run changed the state while this plan was reviewed; "
                                 "nothing was applied. Run `reconciler apply` again.")
             # Nobody reviewed the plan: plan again, under the lock, on what is recorded now.

@@ -34,6 +34,12 @@ class EmulatorProcess:
         self.http.post("/_emulator/dispatches",
                        json={"key": key, "dispatch": dispatch}).raise_for_status()
 
+    def delete(self, key: str) -> None:
+        self.http.delete(f"/_emulator/dispatches/{key}").raise_for_status()
+
+    def unknown_task(self, key: str) -> None:
+        self.http.post("/_emulator/unknown-tasks", json={"key": key}).raise_for_status()
+
     def posts(self) -> dict[str, int]:
         return {key: calls.get("POST", 0) for key, calls in self.calls().items()}
 
