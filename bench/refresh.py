@@ -44,7 +44,9 @@ def main() -> int:
                 started = time.perf_counter()
                 live, failures = read_live(client, keys, args.parallelism)
                 steps.append(time.perf_counter() - started)
-            assert not failures and len(live) == args.count
+            if failures or len(live) != args.count:
+                sys.stderr.write(f"refresh failed: {failures[:3]}\n")
+                return 1
         env = {**os.environ, "RECONCILER_ENDPOINT": url, "RECONCILER_TOKEN": "bench",
                "RECONCILER_PARALLELISM": str(args.parallelism)}
         commands = []
