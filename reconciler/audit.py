@@ -20,7 +20,7 @@ from deepdiff.helper import NotPresent
 
 from reconciler.model import SPEC_FIELDS, DispatchKey
 from reconciler.state.base import Provenance, Record, Snapshot, StateBackend, StateError
-from reconciler.state.local import _parse_snapshot
+from reconciler.state.local import parse_snapshot
 
 GIT_PREFIX = "git:"
 GIT_TIMEOUT = 30.0
@@ -175,7 +175,7 @@ def _from_file(spec: str, repo_dir: Path) -> tuple[Snapshot, str]:
         raise StateError(f"{spec}: is a directory, not a state file") from None
     except OSError as error:
         raise StateError(f"{spec}: cannot read: {error.strerror}") from None
-    return _parse_snapshot(data, spec), spec
+    return parse_snapshot(data, spec), spec
 
 
 def _git(repo_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -222,7 +222,7 @@ def _from_git(rev: str, repo_dir: Path, state_path: Path) -> tuple[Snapshot, str
     if blob.returncode != 0:
         raise StateError(f"{where}: the state file is not in revision {rev} "
                          f"({sha[:12]}): {_stderr(blob)}")
-    return _parse_snapshot(blob.stdout, where), f"{shown} ({sha[:12]})"
+    return parse_snapshot(blob.stdout, where), f"{shown} ({sha[:12]})"
 
 
 # -- comparing -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ def register(commands: Any) -> None:
     apply.add_argument("--refresh", action="store_true",
                        help="read the live dispatches first: adopt existing ones, revert drift")
     add_api_arguments(apply)
+    apply.add_argument("--report", metavar="FILE",
+                       help="write one JSON line per action (key, action, request body, HTTP "
+                       "status, dispatch id, duration, error) for audit pipelines")
     add_lock_timeout(apply)
     apply.set_defaults(handler=cmd_apply)
 
@@ -112,7 +116,8 @@ def cmd_apply(ctx: Context) -> int:
                              created_at=plan.created_at)
             ctx.console.info("The state changed since the plan was made; planned again: "
                              + summary_line(plan))
-        reporter = _Reporter(ctx)
+        reporter = _Reporter(ctx, ctx.settings.base / ctx.args.report if ctx.args.report
+                             else None)
         applier = Applier(api, session, who, parallelism=parallelism, on_result=reporter)
         results = applier.run(plan.actions, set(current.intents))
         reporter.finish()
@@ -126,15 +131,22 @@ def cmd_apply(ctx: Context) -> int:
 
 
 class _Reporter:
-    """One line per finished action; a live progress line on a terminal."""
+    """One line per finished action; a live progress line on a terminal; the --report file.
 
-    def __init__(self, ctx: Context) -> None:
+    Report lines are written and flushed as results arrive, so a killed run keeps them.
+    """
+
+    def __init__(self, ctx: Context, report: Path | None) -> None:
         self.console = ctx.console
         self.live = ctx.console.interactive and not ctx.console.quiet
         self.shown = False
+        self.report = report.open("a", encoding="utf-8") if report is not None else None
 
     def __call__(self, result: ActionResult, progress: Progress) -> None:
         action = result.action
+        if self.report is not None:
+            self.report.write(json.dumps(report_line(result), sort_keys=True) + "\n")
+            self.report.flush()
         if self.live and self.shown:
             self.console.err.write("\r\033[K")
         if result.ok:
@@ -153,6 +165,28 @@ class _Reporter:
     def finish(self) -> None:
         if self.live and self.shown:
             self.console.err.write("\r\033[K")
+        if self.report is not None:
+            self.report.close()
+
+
+def report_line(result: ActionResult) -> dict[str, Any]:
+    """One action for audit pipelines; bodies are what was sent, which holds no secrets."""
+    action = result.action
+    return {
+        "key": str(action.key),
+        "name": action.name,
+        "action": action.kind.value,
+        "outcome": result.outcome,
+        "ok": result.ok,
+        "request_body": action.after.body() if action.after is not None else None,
+        "calls": list(result.calls),
+        # A successful call is a 200 (the API's only success status); failures carry theirs.
+        "http_status": result.status if result.status is not None
+        else (200 if result.ok and result.calls else None),
+        "dispatch_id": result.dispatch_id,
+        "duration_s": round(result.duration, 4),
+        "error": result.error,
+    }
 
 
 def cmd_emulator(ctx: Context) -> int:

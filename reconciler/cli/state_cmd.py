@@ -1,13 +1,14 @@
-"""`reconciler state list|show|rm|history|lock` and `reconciler force-unlock`."""
+"""`reconciler state list|show|rm|history|diff|lock` and `reconciler force-unlock`."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from reconciler import provenance
+from reconciler import audit, provenance
 from reconciler.cli.console import EXIT_OK, Context, Parser, UsageError
 from reconciler.model import DispatchKey
+from reconciler.render import diff as render_diff
 from reconciler.state.backends import open_backend
 from reconciler.state.base import Record, Snapshot
 
@@ -35,6 +36,20 @@ def register(commands: Any) -> None:
     remove.set_defaults(handler=cmd_rm)
     history = sub.add_parser("history", help="every serial: when, who, what")
     history.set_defaults(handler=cmd_history)
+    diff = sub.add_parser(
+        "diff", help="audit diff of two state versions (default: previous serial vs current)",
+        description="Compare two versions of the state, record by record. A version is a "
+        "serial from `state history`, a path to a state file, or git:REV (the state file as "
+        "committed at a git revision, read without a checkout). Without versions: the previous "
+        "serial against the current state; with one: that version against the current state.",
+    )
+    diff.add_argument("old", nargs="?", metavar="OLD",
+                      help="SERIAL, FILE or git:REV (default: the serial before the current)")
+    diff.add_argument("new", nargs="?", metavar="NEW",
+                      help="SERIAL, FILE or git:REV (default: the current state)")
+    diff.add_argument("--format", choices=("text", "json"), default="text",
+                      help="text (default) or json (documented, stable)")
+    diff.set_defaults(handler=cmd_diff)
     lock = sub.add_parser("lock", help="show the current lock, if any")
     lock.set_defaults(handler=cmd_lock)
 
@@ -106,6 +121,16 @@ def cmd_history(ctx: Context) -> int:
         commit = f" {p.commit[:12]}" if p.commit else ""
         ctx.console.print(f"{entry.serial}\t{p.time}\t{p.operation}\t{p.actor}{commit}\t"
                           f"{entry.summary}")
+    return EXIT_OK
+
+
+def cmd_diff(ctx: Context) -> int:
+    result = audit.diff_versions(ctx.args.old, ctx.args.new, open_backend(ctx.settings),
+                                 ctx.settings.base, ctx.settings.state_path())
+    if ctx.args.format == "json":
+        ctx.console.print(render_diff.as_json(result), end="")
+    else:
+        ctx.console.print(render_diff.text(result, color=ctx.console.color), end="")
     return EXIT_OK
 
 

@@ -125,7 +125,7 @@ def _snapshot_json(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _parse_snapshot(data: bytes, where: str) -> Snapshot:
+def parse_snapshot(data: bytes, where: str) -> Snapshot:
     try:
         doc = json.loads(data)
     except json.JSONDecodeError as error:
@@ -262,7 +262,7 @@ class LocalBackend:
             return Snapshot(lineage="", serial=0)
         except OSError as error:
             raise StateError(f"{self.path}: cannot read: {error.strerror}") from None
-        return _parse_snapshot(data, str(self.path))
+        return parse_snapshot(data, str(self.path))
 
     def _pending(self, snap: Snapshot, journal: _Journal) -> bool:
         """Whether the journal's actions are still to be applied to `snap` (else folded)."""
@@ -366,7 +366,7 @@ class LocalBackend:
             data = gzip.decompress(path.read_bytes())
         except (OSError, EOFError, zlib.error) as error:
             raise StateError(f"{path}: cannot read: {error}") from None
-        return _parse_snapshot(data, str(path))
+        return parse_snapshot(data, str(path))
 
     # -- locking ------------------------------------------------------------------------------
 

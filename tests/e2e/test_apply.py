@@ -213,3 +213,41 @@ def test_secrets_never_in_state_plan_or_output(project: Project, tmp_path: Path)
         texts += [p.read_text(errors="replace") for p in (project.root / ".reconciler").rglob("*")
                   if p.is_file() and p.suffix != ".gz"]
         assert not any(TOKEN in text for text in texts)
+
+
+def test_report_file_has_one_line_per_action(project: Project) -> None:
+    key = "0b7a3e1c2d4f4a5b8c9d0e1f2a3b4c5d/8d7b3c62-7f1e-4c8e-9a51-3b1c0de3f4a2/" \
+        "15366328208d4d77b76532fe9f4006a6"
+    with emulator() as emu:
+        emu.fault(key, "status:400")
+        result = apply(project, emu, "--report", "report.jsonl")
+        assert result.code == 1
+    lines = [json.loads(line) for line in
+             (project.root / "report.jsonl").read_text().splitlines()]
+    assert len(lines) == 11
+    failed = [line for line in lines if not line["ok"]]
+    assert len(failed) == 1
+    assert failed[0]["key"] == key
+    assert failed[0]["http_status"] == 400
+    assert "EMU.400" in failed[0]["error"]
+    created = [line for line in lines if line["ok"]]
+    assert all(line["http_status"] == 200 and line["dispatch_id"] for line in created)
+    assert all(line["request_body"]["use_quartz_cron"] in (True, False) for line in lines)
+    assert all(line["action"] == "create" and line["duration_s"] >= 0 for line in lines)
+    assert TOKEN not in (project.root / "report.jsonl").read_text()
+
+
+def test_state_history_and_diff_after_applies(project: Project) -> None:
+    with emulator() as emu:
+        assert apply(project, emu).code == 0
+        orders = project.root / "schedules/sales/orders.yaml"
+        orders.write_text(orders.read_text().replace('"0 0 2 * * ?"', '"0 0 3 * * ?"'))
+        assert apply(project, emu).code == 0
+    history = project.run("state", "history").out.splitlines()
+    assert [line.split("\t")[0] for line in history] == ["1", "2"]
+    diff = project.run("state", "diff")
+    assert diff.code == 0, diff.err
+    assert '~ orders-nightly' in diff.out
+    assert '"0 0 2 * * ?" → "0 0 3 * * ?"' in diff.out
+    document = json.loads(project.run("state", "diff", "0", "2", "--format", "json").out)
+    assert document["summary"]["added"] == 11

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler import provenance
+
+NOW = datetime(2026, 11, 29, 12, 30, 5, tzinfo=UTC)
+
+
+def test_github_actions(tmp_path: Path) -> None:
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_ACTOR": "octocat", "GITHUB_SHA": "f00d" * 10,
+           "GITHUB_RUN_ID": "42", "GITHUB_REPOSITORY": "acme/schedules",
+           "GITHUB_SERVER_URL": "https://github.example.com", "CI": "true"}
+    who = provenance.current("apply", env, NOW, tmp_path)
+    assert who.operation == "apply"
+    assert who.time == "2026-11-29T12:30:05Z"
+    assert who.actor == "octocat (GitHub Actions)"
+    assert who.commit == "f00d" * 10
+    assert who.ci_job == "https://github.example.com/acme/schedules/actions/runs/42"
+    assert who.host
+
+
+def test_gitlab_ci(tmp_path: Path) -> None:
+    env = {"GITLAB_CI": "true", "CI": "true", "GITLAB_USER_LOGIN": "alice",
+           "CI_COMMIT_SHA": "abc123", "CI_JOB_URL": "https://gitlab.example.com/a/b/-/jobs/7"}
+    who = provenance.current("import", env, NOW, tmp_path)
+    assert (who.actor, who.commit, who.ci_job) == (
+        "alice (GitLab CI)", "abc123", "https://gitlab.example.com/a/b/-/jobs/7")
+
+
+def test_generic_ci(tmp_path: Path) -> None:
+    env = {"CI": "1", "BUILD_URL": "https://jenkins.example.com/job/3/", "GIT_COMMIT": "c0ffee"}
+    who = provenance.current("apply", env, NOW, tmp_path)
+    assert who.actor.endswith("(CI)")
+    assert who.ci_job == "https://jenkins.example.com/job/3/"
+    assert who.commit == "c0ffee"
+
+
+def test_outside_ci_uses_git(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.name", "Mei Lin")
+    git("config", "user.email", "mei@example.com")
+    (tmp_path / "f").write_text("x")
+    git("add", "f")
+    git("commit", "-qm", "x")
+    who = provenance.current("state rm", {}, NOW, tmp_path)
+    assert who.actor == "Mei Lin <mei@example.com>"
+    assert who.commit == git("rev-parse", "HEAD")
+    assert who.ci_job is None
+
+
+def test_outside_git_falls_back_to_the_os_user(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "none"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setattr(provenance, "_os_user", lambda: "builder")
+    who = provenance.current("apply", {}, NOW, tmp_path)
+    assert who.actor == "builder"
+    assert who.commit is None
