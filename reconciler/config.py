@@ -18,7 +18,7 @@ from reconciler.yamlsource import YamlDocument, load_yaml
 
 CONFIG_NAME = "reconciler.yaml"
 BACKENDS = ("local",)
-AUTH_METHODS = ("token", "aksk", "password")
+AUTH_METHODS = ("token", "aksk")
 DEFAULT_STATE_PATH = ".reconciler/state.json"
 DEFAULT_PARALLELISM = 10
 
