@@ -17,7 +17,7 @@ from reconciler.model import Problem, ReconcilerError
 from reconciler.yamlsource import YamlDocument, load_yaml
 
 CONFIG_NAME = "reconciler.yaml"
-BACKENDS = ("local",)
+BACKENDS = ("local", "postgres")
 AUTH_METHODS = ("token", "aksk")
 DEFAULT_STATE_PATH = ".reconciler/state.json"
 DEFAULT_PARALLELISM = 10

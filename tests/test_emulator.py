@@ -3,21 +3,24 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from reconciler.auth import TokenAuth
 from reconciler.client import DispatchClient, OutcomeUnknown
-from reconciler.emulator import Emulator
+from reconciler.emulator import Emulator, Reply
 from reconciler.model import DispatchKey, ReconcilerError, Spec
 
 KEY = "proj1/inst1/task1"
@@ -370,6 +373,8 @@ def test_run_from_args_serves_until_terminated(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+        if process.stdout is not None:
+            process.stdout.close()
     assert KEY in json.loads(data.read_text())["dispatches"]
 
 
@@ -390,3 +395,267 @@ def test_stop_closes_idle_keep_alive_connections() -> None:
         assert time.perf_counter() - started < 0.5
         with pytest.raises(httpx.TransportError):
             http.get(PATH)
+
+
+# The HTTP/1.1 server itself, over raw sockets.
+
+def connect(emu: Emulator) -> socket.socket:
+    host, port = urlsplit(emu.url).hostname, urlsplit(emu.url).port
+    assert host is not None
+    assert port is not None
+    return socket.create_connection((host, port), timeout=5)
+
+
+def request(method: str = "GET", path: str = PATH, body: bytes = b"", extra: str = "",
+            version: str = "HTTP/1.1") -> bytes:
+    head = (f"{method} {path} {version}\r\nHost: emulator\r\nX-Auth-Token: t\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def read_response(stream: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    """One response (status, lower-cased headers, body); EOFError if the server closed."""
+    status_line = stream.readline()
+    if not status_line:
+        raise EOFError
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, stream.read(int(headers["content-length"]))
+
+
+def refused(emu: Emulator, data: bytes) -> tuple[int, str]:
+    """Send `data` on a new connection; the one answer's status and error code, after checking
+    the server closed the connection."""
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(data)
+        status, headers, body = read_response(stream)
+        assert headers["connection"] == "close"
+        assert stream.read() == b""  # closed
+    return status, json.loads(body)["error_code"]
+
+
+def still_serving(emu: Emulator) -> None:
+    assert get(emu.url + PATH, headers=HEADERS).status_code == 404
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET /only-two-parts\r\n\r\n", 400),
+    (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
+    (b"G(T / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / SPDY/3\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX-A: 1\r\n folded: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"\xff\xfe / HTTP/1.1\r\n\r\n", 400),
+])
+def test_malformed_request_is_refused_and_closed(emu: Emulator, data: bytes,
+                                                 status: int) -> None:
+    assert refused(emu, data) == (status, f"EMU.{status}")
+    assert emu.calls() == {}
+    still_serving(emu)
+
+
+def test_header_size_limit(emu: Emulator) -> None:
+    big = request(extra=f"X-Big: {'a' * 70_000}\r\n")
+    assert refused(emu, big) == (431, "EMU.431")
+    with connect(emu) as sock, sock.makefile("rb") as stream:  # below the limit: served
+        sock.sendall(request(extra=f"X-Big: {'a' * 60_000}\r\n"))
+        assert read_response(stream)[0] == 404
+    still_serving(emu)
+
+
+def test_body_size_limit(emu: Emulator) -> None:
+    head = f"POST {PATH} HTTP/1.1\r\nX-Auth-Token: t\r\nContent-Length: {(1 << 20) + 1}\r\n\r\n"
+    assert refused(emu, head.encode()) == (413, "EMU.413")
+    padded = b"{}" + b" " * ((1 << 20) - 2)  # exactly the limit: read, parsed, validated
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("POST", body=padded))
+        status, _, body = read_response(stream)
+    assert (status, json.loads(body)["reason"]["error_code"]) == (400, "FDI.3002")
+    still_serving(emu)
+
+
+def test_chunked_body_is_refused(emu: Emulator) -> None:
+    data = (f"POST {PATH} HTTP/1.1\r\nX-Auth-Token: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "2\r\n{}\r\n0\r\n\r\n").encode()
+    assert refused(emu, data) == (411, "EMU.411")
+    assert emu.calls() == {}
+    still_serving(emu)
+
+
+def test_pipelined_requests_on_one_connection(emu: Emulator) -> None:
+    other = PATH.replace("task1", "task2")
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("POST", body=json.dumps(CRON).encode()) + request()
+                     + request(path=other))
+        answers = [read_response(stream) for _ in range(3)]
+        assert [status for status, _, _ in answers] == [200, 200, 404]
+        assert json.loads(answers[0][2]) == json.loads(answers[1][2])
+        assert len({headers["x-request-id"] for _, headers, _ in answers}) == 3
+        assert all("connection" not in headers for _, headers, _ in answers)
+        sock.sendall(request())  # still open: keep-alive is the default
+        assert read_response(stream)[0] == 200
+    assert emu.calls(KEY) == {"POST": 1, "GET": 2}
+
+
+@pytest.mark.parametrize(("extra", "version", "closes"), [
+    ("Connection: close\r\n", "HTTP/1.1", True),
+    ("Connection: keep-alive, Close\r\n", "HTTP/1.1", True),
+    ("", "HTTP/1.0", True),
+    ("Connection: keep-alive\r\n", "HTTP/1.0", False),
+])
+def test_connection_header(emu: Emulator, extra: str, version: str, closes: bool) -> None:
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request(extra=extra, version=version) + request())
+        status, headers, _ = read_response(stream)
+        assert status == 404
+        assert headers["connection"] == ("close" if closes else "keep-alive")
+        if closes:
+            assert stream.read() == b""  # the second request is not answered
+        else:
+            assert read_response(stream)[0] == 404
+
+
+def test_client_disconnecting_mid_request(emu: Emulator) -> None:
+    whole = request("POST", body=json.dumps(CRON).encode())
+    for cut in (10, whole.index(b"\r\n\r\n") + 4, len(whole) - 5):
+        with connect(emu) as sock:
+            sock.sendall(whole[:cut])
+    with connect(emu) as sock:  # a reset rather than a close
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(whole[:-5])
+    still_serving(emu)
+    assert emu.dispatches() == {}
+    assert emu.calls() == {KEY: {"GET": 1}}  # the incomplete requests never reached the API
+
+
+def test_disconnect_while_the_answer_is_delayed() -> None:
+    with Emulator(latency_ms=100) as emu:
+        with connect(emu) as sock:
+            sock.sendall(request("POST", body=json.dumps(CRON).encode()))
+        time.sleep(0.2)
+        # The request was complete, so the API handled it; the lost answer broke nothing.
+        assert list(emu.dispatches()) == [KEY]
+        assert get(emu.url + PATH, headers=HEADERS).status_code == 200
+
+
+def test_expect_100_continue(emu: Emulator) -> None:
+    body = json.dumps(CRON).encode()
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("POST", body=body, extra="Expect: 100-continue\r\n")[:-len(body)])
+        assert stream.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert stream.readline() == b"\r\n"
+        sock.sendall(body)
+        assert read_response(stream)[0] == 200
+
+
+def test_unsupported_method(emu: Emulator) -> None:
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("PATCH") + request("HEAD") + request())
+        status, _, body = read_response(stream)
+        assert (status, json.loads(body)["error_code"]) == (501, "EMU.501")
+        head_status, head_headers, _ = read_response(stream)  # no body after a HEAD answer
+        assert head_status == 501
+        assert int(head_headers["content-length"]) > 0
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request("HEAD") + request())
+        stream.readline()
+        while stream.readline() != b"\r\n":
+            pass
+        assert read_response(stream)[0] == 404  # the next answer follows the HEAD's headers
+
+
+def test_response_headers(emu: Emulator) -> None:
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request())
+        status, headers, body = read_response(stream)
+    assert status == 404
+    assert headers["content-type"] == "application/json;charset=UTF-8"
+    assert int(headers["content-length"]) == len(body)
+    assert len(headers["x-request-id"]) == 32
+    assert headers["date"].endswith(" GMT")
+
+
+def test_unexpected_error_answers_500_and_closes(emu: Emulator,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> Reply:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(emu, "_respond", broken)
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sock.sendall(request() + request())
+        status, headers, body = read_response(stream)
+        assert (status, json.loads(body)["error_code"]) == (500, "FDI.3000")
+        assert headers["connection"] == "close"
+        assert stream.read() == b""
+    monkeypatch.undo()
+    still_serving(emu)
+
+
+def test_latency_holds_no_thread() -> None:
+    clients, latency = 100, 0.3
+    with Emulator(latency_ms=latency * 1000) as emu:
+        threads = threading.active_count()
+        socks = [connect(emu) for _ in range(clients)]
+        try:
+            started = time.perf_counter()
+            for sock in socks:
+                sock.sendall(request())
+            time.sleep(latency / 3)
+            assert threading.active_count() == threads
+            for sock in socks:
+                with sock.makefile("rb") as stream:
+                    assert read_response(stream)[0] == 404
+            assert time.perf_counter() - started < latency + 1.0
+        finally:
+            for sock in socks:
+                sock.close()
+        assert emu.calls(KEY) == {"GET": clients}
+
+
+def test_handle_is_usable_without_a_server() -> None:
+    emu = Emulator(latency_ms=30)
+    started = time.perf_counter()
+    reply = emu.handle("POST", PATH + "?x=1", "t", json.dumps(CRON).encode())
+    assert time.perf_counter() - started >= 0.03
+    assert reply.status == 200
+    assert reply.body["task_id"] == "task1"
+    assert emu.handle("GET", "http://host" + PATH, None, b"").status == 401
+    assert emu.calls(KEY) == {"POST": 1, "GET": 1}
+    assert emu.handle("GET", "/_emulator/calls", None, b"").body == emu.calls()
+
+
+def test_start_and_stop() -> None:
+    emu = Emulator()
+    url = emu.start()
+    assert emu.start() == url  # already serving
+    still_serving(emu)
+    emu.stop()
+    emu.stop()  # idempotent
+    with pytest.raises(httpx.TransportError):
+        get(url + PATH, headers=HEADERS)
+    port = int(url.rsplit(":", 1)[1])
+    with Emulator(port=port) as again:  # the port is free again, and restarting works
+        assert again.url == url
+        still_serving(again)
+        with pytest.raises(OSError):
+            Emulator(port=port).start()  # busy
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        emu = Emulator(host="::1")
+        emu.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with emu:
+        assert emu.url.startswith("http://[::1]:")
+        still_serving(emu)

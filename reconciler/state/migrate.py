@@ -1,0 +1,114 @@
+"""Copying a state, with every serial of its history, from one backend to another.
+
+`migrate(source, target)` works between any two backends (local ↔ postgres, or two of a kind):
+the target ends with the same lineage, the same serials with their provenance and summaries, and
+the same records and intents at each, and is verified to before it returns. The source is only
+read; its lock is held during the copy so that no run writes a serial the copy would miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from reconciler.state.base import HistoryEntry, Provenance, Snapshot, StateBackend, StateError
+from reconciler.state.local import LocalBackend
+
+
+@runtime_checkable
+class SnapshotImporter(Protocol):
+    """A backend that can take a whole history at once (`PostgresBackend` does)."""
+
+    def import_snapshots(self, snapshots: Iterable[Snapshot], provenance: Provenance, *,
+                         lock_timeout: float = 0.0) -> None:
+        """Store the sealed serials, ascending, and the last as the state; refuse unless there
+        is no state yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """What was copied."""
+
+    lineage: str
+    serials: int
+    last_serial: int
+    records: int
+
+
+def migrate(source: StateBackend, target: StateBackend, provenance: Provenance, *,
+            lock_timeout: float = 0.0) -> Migration:
+    """Copy the state and its whole history from `source` into the empty `target`, then check
+    the copy serial by serial.
+
+    Refused when the target already has a state, when the source has none, and when the source
+    holds recorded actions of an interrupted run not sealed yet (the next write to it seals
+    them). A failure during the copy leaves the source as it was; the target may then hold part
+    of the copy (the local backend writes serial by serial) and must be emptied before a retry.
+    """
+    _require_empty(target)
+    before = source.read()
+    if before.serial == 0:
+        raise StateError(f"{source.describe()}: there is no state to migrate")
+    # Checked before taking the source's lock too: taking it seals an interrupted run.
+    _require_sealed(source, before, source.history())
+    with source.write_session(provenance, lock_timeout=lock_timeout):
+        current = source.read()
+        history = source.history()
+        _require_sealed(source, current, history)
+        snapshots = (source.read_serial(entry.serial) for entry in history)
+        if isinstance(target, LocalBackend):
+            _import_local(target, snapshots, provenance, lock_timeout)
+        elif isinstance(target, SnapshotImporter):
+            target.import_snapshots(snapshots, provenance, lock_timeout=lock_timeout)
+        else:
+            raise StateError(f"cannot migrate into {target.describe()}: the backend cannot "
+                             "import a history")
+        _verify(source, target, current, history)
+    return Migration(current.lineage, len(history), current.serial, len(current.records))
+
+
+def _require_empty(target: StateBackend) -> None:
+    if target.read().serial != 0 or target.history():
+        raise StateError(f"{target.describe()} already has a state; migrate only into an "
+                         "empty one")
+
+
+def _require_sealed(source: StateBackend, current: Snapshot,
+                    history: list[HistoryEntry]) -> None:
+    """The current state must be the last serial of a history that has it, so the copy's
+    serials are exactly the source's."""
+    if not history:
+        raise StateError(f"{source.describe()}: serial {current.serial} has no history to "
+                         "migrate (was the state file copied without its history?)")
+    if current.serial != history[-1].serial:
+        raise StateError(f"{source.describe()}: serial {current.serial} holds recorded "
+                         "actions of an interrupted run, not sealed yet; the next write "
+                         "(apply, import or state rm) seals them; migrate after that")
+
+
+def _import_local(target: LocalBackend, snapshots: Iterable[Snapshot], provenance: Provenance,
+                  lock_timeout: float) -> None:
+    # An empty session holds the lock and leaves nothing behind; the serials are sealed with
+    # their own lineage, provenance and summary, exactly as a commit would have written them.
+    with target.write_session(provenance, lock_timeout=lock_timeout):
+        _require_empty(target)
+        for snap in snapshots:
+            target._seal(snap)
+
+
+def _verify(source: StateBackend, target: StateBackend, current: Snapshot,
+            history: list[HistoryEntry]) -> None:
+    def differs(what: str) -> StateError:
+        return StateError(f"the copy in {target.describe()} differs from "
+                          f"{source.describe()} in {what}; the source is unchanged, empty the "
+                          "target before trying again")
+
+    if target.read() != current:
+        raise differs("the current state")
+    if target.history() != history:
+        raise differs("the history")
+    # One serial at a time: a long history of a large state need not fit in memory.
+    for entry in history:
+        if source.read_serial(entry.serial) != target.read_serial(entry.serial):
+            raise differs(f"serial {entry.serial}")
