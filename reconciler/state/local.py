@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.model import DispatchKey, ReconcilerError
+from reconciler.provenance import utc_iso
 from reconciler.state.base import (
     FORMAT_VERSION,
     HistoryEntry,
@@ -53,10 +54,6 @@ UNREADABLE_LOCK_ID = "unreadable"
 """The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
 
 _MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError)
-
-
-def _utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _pretty(data: Any) -> bytes:
@@ -382,7 +379,7 @@ class LocalBackend:
                     raise LockHeld(*held) from None
                 time.sleep(max(0.0, min(0.05, remaining)))
                 continue
-            stamp = _utc(self.now())
+            stamp = utc_iso(self.now())
             info = LockInfo(str(uuid.uuid4()), provenance.operation, _os_user(), self.host,
                             self.pid, stamp, stamp, provenance.ci_job)
             try:
@@ -413,7 +410,7 @@ class LocalBackend:
         except _MALFORMED:
             # Created (O_EXCL) but not written yet, or its writer died in between: its age is
             # the file's, so it turns stale after a lease like any other.
-            stamp = _utc(datetime.fromtimestamp(mtime, UTC))
+            stamp = utc_iso(datetime.fromtimestamp(mtime, UTC))
             unknown = "unknown"
             info = LockInfo(UNREADABLE_LOCK_ID, unknown, unknown, unknown, 0, stamp, stamp)
             return info, self.lease_seconds
@@ -475,7 +472,7 @@ class _HeldLock:
             # Forced away (force-unlock): never overwrite the next holder's lock.
             if not self._mine():
                 return
-            self.info = dataclasses.replace(self.info, heartbeat=_utc(self._backend.now()))
+            self.info = dataclasses.replace(self.info, heartbeat=utc_iso(self._backend.now()))
             with contextlib.suppress(OSError):
                 _atomic_write(self._backend.lock_path, self._backend._lock_bytes(self.info))
 

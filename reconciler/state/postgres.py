@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from typing import Any, LiteralString
 
 from reconciler.model import DispatchKey, ReconcilerError
+from reconciler.provenance import utc_iso
 from reconciler.state.base import (
     HistoryEntry,
     Intent,
@@ -63,7 +64,7 @@ from reconciler.state.base import (
     Snapshot,
     StateError,
 )
-from reconciler.state.local import _os_user, _pretty, _snapshot_json, _utc, parse_snapshot
+from reconciler.state.local import _os_user, _pretty, _snapshot_json, parse_snapshot
 
 try:
     import psycopg
@@ -574,7 +575,7 @@ class PostgresBackend:
                     if held is not None and remaining <= 0:
                         raise LockHeld(*held)
                     time.sleep(max(0.0, min(0.05, remaining)))
-                stamp = _utc(self.now())
+                stamp = utc_iso(self.now())
                 info = LockInfo(str(uuid.uuid4()), provenance.operation, _os_user(), self.host,
                                 self.pid, stamp, stamp, provenance.ci_job)
                 with conn.transaction():
@@ -622,9 +623,9 @@ class PostgresBackend:
             row = conn.execute("SELECT usename, coalesce(host(client_addr), 'local socket'), "
                                "backend_start FROM pg_stat_activity WHERE pid = %s",
                                (holder,)).fetchone()
-            who, where, since = "unknown", "unknown", _utc(self.now())
+            who, where, since = "unknown", "unknown", utc_iso(self.now())
             if row is not None and row[2] is not None:
-                who, where, since = str(row[0]), str(row[1]), _utc(row[2])
+                who, where, since = str(row[0]), str(row[1]), utc_iso(row[2])
             info = LockInfo(UNKNOWN_LOCK_ID, "unknown", who, where, 0, since, since)
             return info, self._stale_reason(info, self.lease_seconds)
         info, lease, _ = found
@@ -729,7 +730,7 @@ class _HeldLock:
             with self.guard:
                 if self._stop.is_set():
                     return
-                stamp = _utc(backend.now())
+                stamp = utc_iso(backend.now())
                 try:
                     cursor = self.conn.execute(
                         "UPDATE reconciler_lock SET heartbeat = %s "
