@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# The throwaway PostgreSQL server's fixtures (pg_server, pg_dsn, pg_workspace). pytest honours
+# pytest_plugins only in the top-level conftest; the server starts only for a test that asks.
+pytest_plugins = ("tests.pg",)
+
 REPO = Path(__file__).resolve().parent.parent
 
 HEADER = """\

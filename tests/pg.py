@@ -5,7 +5,7 @@ listening on 127.0.0.1 at a free port and on a unix socket in that directory, wi
 authentication; `PgServer.stop` ends it and deletes the directory. Run as root, the server
 binaries run as the `postgres` user (the server refuses to run as root).
 
-As a pytest plugin (`pytest_plugins = ("tests.pg",)`):
+As a pytest plugin (declared in tests/conftest.py):
 
 - `pg_server` (session): the server; the tests using it are skipped, saying why, only when no
   PostgreSQL server binaries are installed at all;

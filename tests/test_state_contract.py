@@ -31,11 +31,10 @@ from reconciler.state.base import (
     StateError,
 )
 from reconciler.state.local import LocalBackend
+from tests.state_helpers import history
 
 if TYPE_CHECKING:
     from tests.pg import PgServer
-
-pytest_plugins = ("tests.pg",)
 
 Make = Callable[..., StateBackend]
 
@@ -77,22 +76,11 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
 
 
 def commit_session(backend: StateBackend, *records: Record, summary: str = "s") -> int:
-    with backend.write_session(PROV) as session:
-        for record in records:
-            session.put(record)
-        return session.commit(summary).serial
+    return history.commit_session(backend, *records, summary=summary, provenance=PROV)
 
 
 def interrupted_session(backend: StateBackend, *records: Record) -> None:
-    """A session whose caller fails before commit, as a run that crashes does."""
-    def run() -> None:
-        with backend.write_session(PROV) as session:
-            for record in records:
-                session.put(record)
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        run()
+    history.interrupted_session(backend, *records, provenance=PROV)
 
 
 class Holder:
@@ -450,6 +438,33 @@ def test_force_unlock(make: Make, holders: list[Holder]) -> None:
     holder.stop()
     assert backend.read().serial == 1
     assert commit_session(backend, rec("b")) == 2
+
+
+def test_writer_forced_away_cannot_touch_the_next_holders_state(make: Make) -> None:
+    commit_session(make(), rec("seed"))
+    with make(host="runner-7", pid=4242).write_session(PROV) as forced:
+        forced.put(rec("a"))
+        other = make()
+        held = other.current_lock()
+        assert held is not None
+        other.force_unlock(held[0].lock_id)
+        with other.write_session(PROV) as session:
+            assert session.serial == 3  # what the forced writer recorded is sealed as 2
+            session.put(rec("b"))
+            for late in (lambda: forced.put(rec("late")), lambda: forced.intend(intent("x")),
+                         lambda: forced.remove(key("seed")), lambda: forced.commit("late")):
+                with pytest.raises(StateError):
+                    late()
+            session.commit("b")
+        with pytest.raises(StateError):
+            forced.commit("later still")
+    snap = make().read()
+    assert snap.serial == 3
+    assert set(snap.records) == {key("seed"), key("a"), key("b")}
+    assert not snap.intents
+    assert [h.summary for h in make().history()] == [
+        "s", "recovered 1 recorded actions from an interrupted run", "b"]
+    assert make().current_lock() is None
 
 
 def test_heartbeat_refreshes_the_lock(make: Make) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import json
 import os
@@ -24,12 +26,15 @@ from reconciler.state.base import (
     Intent,
     LockHeld,
     LockInfo,
+    LockLost,
     Provenance,
     Record,
     StateBackend,
     StateError,
 )
 from reconciler.state.local import LocalBackend
+from tests.state_helpers import history
+from tests.state_helpers.history import state_files
 
 REPO = Path(__file__).resolve().parent.parent
 WRITER = Path(__file__).resolve().parent / "state_helpers" / "writer.py"
@@ -70,16 +75,8 @@ def start_writer(*args: str) -> subprocess.Popen[str]:
                             text=True, cwd=REPO, env=env)
 
 
-def interrupted_session(backend: LocalBackend, *records: Record) -> None:
-    """A session whose caller fails before commit, as a run that crashes does."""
-    def run() -> None:
-        with backend.write_session(PROV) as session:
-            for record in records:
-                session.put(record)
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        run()
+def interrupted_session(backend: StateBackend, *records: Record) -> None:
+    history.interrupted_session(backend, *records, provenance=PROV)
 
 
 # -- snapshot file ----------------------------------------------------------------------------
@@ -661,3 +658,140 @@ def test_concurrent_puts_and_intents_from_many_threads(tmp_path: Path) -> None:
     assert backend.read().records == sealed.records
     saved = json.loads(backend.path.read_text())
     assert saved["dispatches"]["p/i/t123"]["dispatch_id"] == "d-t123"
+
+
+# -- fencing: a writer whose lock was forced away ----------------------------------------------
+
+
+def force_unlock(state: Path) -> None:
+    backend = LocalBackend(state)
+    held = backend.current_lock()
+    assert held is not None
+    backend.force_unlock(held[0].lock_id)
+
+
+def test_writer_forced_away_cannot_overwrite_the_next_holders_commit(state: Path) -> None:
+    commit_session(LocalBackend(state), rec("seed"))
+    old = LocalBackend(state, host="runner-1", pid=4242)
+    with old.write_session(PROV) as forced:
+        forced.put(rec("a"))
+        force_unlock(state)
+        new = LocalBackend(state)
+        with new.write_session(PROV) as session:
+            assert session.serial == 3  # the forced writer's journal was sealed as serial 2
+            session.put(rec("b"))
+            session.commit("b")
+        after = state_files(state.parent)
+
+        with pytest.raises(LockLost, match=r"no longer holds the lock \(was it force-unlocked"
+                                           r"\?\); could not make sure to record an action"):
+            forced.put(rec("late"))
+        with pytest.raises(LockLost):
+            forced.intend(intent("late"))
+        with pytest.raises(LockLost):
+            forced.remove(key("b"))
+        with pytest.raises(LockLost, match="refused to commit"):
+            forced.commit("late")
+    # closing and unlocking the forced session touched nothing either
+    assert state_files(state.parent) == after
+    snap = LocalBackend(state).read()
+    assert snap.serial == 3
+    assert set(snap.records) == {key("seed"), key("a"), key("b")}
+    assert not snap.intents
+    assert [h.summary for h in LocalBackend(state).history()] == [
+        "s", "recovered 1 recorded actions from an interrupted run", "b"]
+
+
+def test_writer_forced_away_leaves_the_next_holders_journal_and_lock(state: Path) -> None:
+    commit_session(LocalBackend(state), rec("seed"))
+    with contextlib.ExitStack() as forced_block:
+        forced = forced_block.enter_context(
+            LocalBackend(state, host="runner-1", pid=4242).write_session(PROV))
+        forced.put(rec("a"))
+        force_unlock(state)
+        new = LocalBackend(state)
+        with new.write_session(PROV) as session:
+            session.put(rec("b"))
+            journal = state.with_suffix(".journal").read_bytes()
+            lock = state.with_suffix(".lock").read_bytes()
+            with pytest.raises(LockLost):
+                forced.put(rec("late"))
+            with pytest.raises(LockLost):
+                forced.commit("late")
+            forced_block.close()  # the forced run ends: its session closes, its lock releases
+            assert state.with_suffix(".journal").read_bytes() == journal
+            assert state.with_suffix(".lock").read_bytes() == lock
+            assert set(new.read().records) == {key("seed"), key("a"), key("b")}
+            assert session.commit("b").serial == 3
+    assert set(new.read().records) == {key("seed"), key("a"), key("b")}
+    assert new.current_lock() is None
+    assert not state.with_suffix(".journal").exists()
+
+
+def test_forced_writer_without_a_successor_keeps_its_actions_for_the_next(state: Path) -> None:
+    with LocalBackend(state, host="runner-1", pid=4242).write_session(PROV) as forced:
+        forced.put(rec("a"))
+        force_unlock(state)
+        # written before the check found the lock gone: kept, though its caller was told it
+        # may not be (a dispatch created, then recorded, belongs in the state either way)
+        with pytest.raises(LockLost, match="could not make sure to record an action"):
+            forced.put(rec("late"))
+        with pytest.raises(LockLost, match="refused to commit"):
+            forced.commit("late")
+    assert state.with_suffix(".journal").exists()
+    assert commit_session(LocalBackend(state), rec("b")) == 2
+    assert set(LocalBackend(state).read().records) == {key("a"), key("late"), key("b")}
+
+
+def test_next_writer_reads_the_journal_once_its_flock_is_free(state: Path) -> None:
+    """A forced writer's commit holds the journal's flock while it checks the lock and seals:
+    the next writer reads (seals, deletes) the journal only after, and so sees all of it."""
+    commit_session(LocalBackend(state), rec("seed"))
+    with LocalBackend(state, host="runner-1", pid=4242).write_session(PROV) as forced:
+        forced.put(rec("a"))
+        journal = state.with_suffix(".journal")
+        fd = os.open(journal, os.O_RDWR | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # as the forced writer's commit holds it
+            force_unlock(state)
+            sealed = threading.Event()
+
+            def next_writer() -> None:
+                with LocalBackend(state).write_session(PROV) as session:
+                    sealed.set()
+                    session.commit("nothing")
+
+            thread = threading.Thread(target=next_writer)
+            thread.start()
+            assert not sealed.wait(0.3), "the next writer did not wait for the journal"
+            late = {"op": "put", "key": str(key("late")),
+                    "record": dataclasses.replace(rec("late"), version=2).to_json()}
+            os.write(fd, (json.dumps(late) + "\n").encode())
+        finally:
+            os.close(fd)  # releases the flock
+        thread.join(10)
+        assert sealed.is_set()
+    assert set(LocalBackend(state).read().records) == {key("seed"), key("a"), key("late")}
+
+
+def test_heartbeat_of_a_forced_writer_leaves_the_next_lock_alone(state: Path) -> None:
+    with LocalBackend(state, lease_seconds=0.1).write_session(PROV):
+        force_unlock(state)
+        with LocalBackend(state).write_session(PROV) as session:
+            lock = state.with_suffix(".lock").read_bytes()
+            time.sleep(0.15)  # several heartbeats of the forced writer
+            assert state.with_suffix(".lock").read_bytes() == lock
+            session.put(rec("b"))
+            session.commit("b")
+    assert LocalBackend(state).read().serial == 1
+
+
+def test_disk_errors_are_state_errors_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    backend = LocalBackend(tmp_path / "a-file" / "sub" / "state.json")
+    with pytest.raises(StateError, match=r"a-file.*: cannot take the state lock: ") as caught, \
+            backend.write_session(PROV):
+        pytest.fail("a session opened below a file")
+    assert caught.value.__suppress_context__
+    with pytest.raises(StateError, match="cannot take the state lock"):
+        backend.import_snapshots([], PROV)

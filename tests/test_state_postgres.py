@@ -19,27 +19,24 @@ from typing import Any
 import psycopg
 import pytest
 
-from reconciler.model import DispatchKey, Spec
+from reconciler.model import DispatchKey
 from reconciler.state import postgres
-from reconciler.state.base import (
-    Intent,
-    LockHeld,
-    Provenance,
-    Record,
-    StateBackend,
-    StateError,
-)
+from reconciler.state.base import Intent, LockHeld, StateError
 from reconciler.state.local import LocalBackend
 from reconciler.state.migrate import migrate
 from reconciler.state.postgres import PostgresBackend
-
-pytest_plugins = ("tests.pg",)
+from tests.state_helpers.history import (
+    MIGRATE,
+    PROV,
+    build_local_history,
+    commit_session,
+    interrupted_session,
+    key,
+    rec,
+    state_files,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-PROV = Provenance(operation="apply", time="2024-05-01T10:00:00Z", actor="alice", commit="abc",
-                  ci_job="job-1", host="ci-1")
-MIGRATE = Provenance(operation="state migrate", time="2024-06-01T00:00:00Z", actor="ops")
 
 WRITER = r'''
 """A writer in its own process. argv: MODE DSN WORKSPACE PREFIX [ARG]
@@ -102,34 +99,6 @@ with backend.write_session(provenance, lock_timeout=10) as session:
     while True:
         put(session)
 '''
-
-
-def key(task: str) -> DispatchKey:
-    return DispatchKey("proj1", "inst1", task)
-
-
-def rec(task: str, cron: str = "0 0 * * * ?") -> Record:
-    return Record(key=key(task), name=f"job-{task}", source="schedules/a.yaml",
-                  dispatch_id=f"d-{task}", spec=Spec(cron=cron, cron_timezone="UTC"))
-
-
-def commit_session(backend: StateBackend, *records: Record, summary: str = "s") -> int:
-    with backend.write_session(PROV) as session:
-        for record in records:
-            session.put(record)
-        return session.commit(summary).serial
-
-
-def interrupted_session(backend: StateBackend, *records: Record) -> None:
-    """A session whose caller fails before commit, as a run that crashes does."""
-    def run() -> None:
-        with backend.write_session(PROV) as session:
-            for record in records:
-                session.put(record)
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        run()
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> bool:
@@ -531,25 +500,6 @@ def test_without_psycopg_the_error_says_what_to_install() -> None:
 # -- migrating between backends ---------------------------------------------------------------
 
 
-def build_local_history(path: Path) -> LocalBackend:
-    """A local state with puts, removes, intents, an interrupted run and provenance."""
-    backend = LocalBackend(path)
-    commit_session(backend, rec("a"), rec("b"), summary="first")
-    with backend.write_session(Provenance(operation="import", time="t2", actor="bob")) as s:
-        s.remove(key("a"))
-        s.intend(Intent(key("c"), "i-c", "create", "t2", "sha256:1"))
-        s.put(rec("d", cron="0 30 1 * * ?"))
-        s.commit("second")
-    interrupted_session(backend, rec("e"))
-    commit_session(backend, rec("f"), summary="fourth")
-    return backend
-
-
-def state_files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def test_migrate_local_to_postgres_to_local_keeps_everything(
         tmp_path: Path, pg_dsn: str) -> None:
     source = build_local_history(tmp_path / "a" / "state.json")
@@ -581,13 +531,25 @@ def test_migrate_refuses_a_target_with_a_state(tmp_path: Path, pg_dsn: str) -> N
     source = build_local_history(tmp_path / "a" / "state.json")
     pg = PostgresBackend(pg_dsn, "busy")
     commit_session(pg, rec("z"))
-    with pytest.raises(StateError, match="already has a state"):
+    lineage = pg.read().lineage
+    with pytest.raises(StateError, match=f"already holds another state \\(lineage {lineage}, "
+                                         "serial 1\\); migrate only into an empty one"):
         migrate(source, pg, MIGRATE)
     local = LocalBackend(tmp_path / "b" / "state.json")
     commit_session(local, rec("z"))
-    with pytest.raises(StateError, match="already has a state"):
+    with pytest.raises(StateError, match="already holds another state"):
         migrate(pg, local, MIGRATE)
     assert [h.serial for h in pg.history()] == [1]
+    # a copy made before (or the source itself) is named as such
+    copy = PostgresBackend(pg_dsn, "copy")
+    migrate(source, copy, MIGRATE)
+    with pytest.raises(StateError, match=r"already holds this state .*serial 4.*: it is the "
+                                         r"source itself, or a copy made before"):
+        migrate(source, copy, MIGRATE)
+    # and the backends refuse on their own too, should a state appear after the check
+    for backend in (pg, local):
+        with pytest.raises(StateError, match="already has a state"):
+            backend.import_snapshots([source.read_serial(1)], MIGRATE)
 
 
 def test_migrate_refuses_an_unsealed_or_empty_source(tmp_path: Path, pg_dsn: str) -> None:

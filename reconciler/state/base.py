@@ -8,7 +8,9 @@ session's serial is sealed at commit, or by the next writer if the run died.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import getpass
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -187,6 +189,26 @@ class LockHeld(StateError):
         self.stale_reason = stale_reason
 
 
+class LockLost(StateError):
+    """A write session's lock was taken from it (`force-unlock`): it may write nothing more,
+    so that it can never overwrite what the lock's next holder records."""
+
+    def __init__(self, where: str, doing: str, *, maybe_done: bool = False) -> None:
+        outcome = (f"could not make sure to {doing} (it may or may not be kept)" if maybe_done
+                   else f"refused to {doing}")
+        super().__init__(f"{where}: this write session no longer holds the lock (was it "
+                         f"force-unlocked?); {outcome}; what it recorded before is sealed by "
+                         "the next writer")
+
+
+def current_user() -> str:
+    """The OS user, named as a lock's holder."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
 class Session(Protocol):
     """A write session under the lock: every call is durable when it returns.
 
@@ -196,10 +218,16 @@ class Session(Protocol):
 
     def put(self, record: Record) -> None: ...
 
+    def put_many(self, records: Sequence[Record]) -> None:
+        """`put` for several dispatches, written together (a batch of finished actions)."""
+
     def remove(self, key: DispatchKey) -> None: ...
 
     def intend(self, intent: Intent) -> None:
         """Durable even across a power loss before it returns: it guards a create."""
+
+    def intend_many(self, intents: Sequence[Intent]) -> None:
+        """`intend` for several keys with one durable flush (the creates of one batch)."""
 
     def clear_intent(self, key: DispatchKey) -> None: ...
 
@@ -229,6 +257,13 @@ class StateBackend(Protocol):
     def history(self) -> list[HistoryEntry]: ...
 
     def read_serial(self, serial: int) -> Snapshot: ...
+
+    def import_snapshots(self, snapshots: Iterable[Snapshot], provenance: Provenance, *,
+                         lock_timeout: float = 0.0) -> None:
+        """Under the lock, store the sealed serials given (ascending, one lineage) as the
+        history and the last one as the state; refused unless there is no state yet.
+
+        For `reconciler.state.migrate`; nothing else writes a history wholesale."""
 
 
 def iter_changed_keys(old: Snapshot, new: Snapshot) -> Iterator[DispatchKey]:

@@ -13,14 +13,24 @@ A session is sealed (by `commit`, or by the next writer if the run died) in this
 file, index line, `state.json`, then the journal is deleted. The journal's header names the serial
 it was based on, so a crash between any two steps leaves either the old snapshot and a journal
 that still applies to it, or the new snapshot and a journal recognisably folded into it already.
+
+A writer whose lock was forced away (`force-unlock`) may still be running; it is fenced off.
+The lock belongs to whoever created the file now at `state.lock` (each writer keeps its own open,
+so its inode cannot be reused and mistaken for another's). After writing a journal line, a
+session checks that the lock file and the journal at their paths are still its own: if so, the
+next writer, who reads the journal only once it holds the lock, will find the line; if not, the
+call fails with `LockLost` (the line is then kept or not, and the caller must assume not). A
+commit, and the deletion of a journal, check the same before they act, under an exclusive `flock`
+of the journal that the next writer also takes to seal what it finds: so a writer forced away
+never seals a serial over the next writer's, nor deletes its journal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import getpass
-import gzip
+import fcntl
+import functools
 import json
 import os
 import socket
@@ -28,36 +38,42 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.model import DispatchKey, ReconcilerError
+from reconciler.model import DispatchKey
 from reconciler.provenance import utc_iso
 from reconciler.state.base import (
-    FORMAT_VERSION,
     HistoryEntry,
     Intent,
     LockHeld,
     LockInfo,
+    LockLost,
     Provenance,
     Record,
     Session,
     Snapshot,
     StateError,
+    current_user,
 )
+from reconciler.state.snapshot import (
+    MALFORMED,
+    check_sequence,
+    pack,
+    parse_snapshot,
+    pretty_json,
+    snapshot_bytes,
+    unpack,
+)
+
+# parse_snapshot is re-exported for code that still imports it from here
+__all__ = ["UNREADABLE_LOCK_ID", "LocalBackend", "parse_snapshot"]
 
 UNREADABLE_LOCK_ID = "unreadable"
 """The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
-
-_MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError)
-
-
-def _pretty(data: Any) -> bytes:
-    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def _line(data: Any) -> bytes:
@@ -86,15 +102,26 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old content or the new, never a mix."""
+def _write_temp(path: Path, data: bytes) -> tuple[int, str]:
+    """A new file next to `path` holding `data`, flushed to disk; its open descriptor and name."""
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.fchmod(fd, 0o644)
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return fd, temp
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: readers see the old content or the new, never a mix."""
+    fd, temp = _write_temp(path, data)
+    os.close(fd)
+    try:
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -103,54 +130,30 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _os_user() -> str:
+@contextlib.contextmanager
+def _disk_errors(doing: str, where: Path) -> Iterator[None]:
+    """An OSError of the backend's own file operations (a full disk, a read-only directory) as
+    a StateError fit to print, naming the file."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+        yield
+    except OSError as error:
+        shown = error.filename or where
+        raise StateError(f"{shown}: cannot {doing}: {error.strerror or error}") from None
 
 
-def _snapshot_json(snap: Snapshot) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "lineage": snap.lineage,
-        "serial": snap.serial,
-        "provenance": snap.provenance.to_json() if snap.provenance else None,
-        "summary": snap.summary,
-        "dispatches": {str(key): record.to_json() for key, record in snap.records.items()},
-        "intents": {str(key): intent.to_json() for key, intent in snap.intents.items()},
-    }
+def _identity(fd: int) -> tuple[int, int]:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
 
 
-def parse_snapshot(data: bytes, where: str) -> Snapshot:
+def _is_at(path: str, identity: tuple[int, int]) -> bool:
+    """Whether the open file of that identity is the one at `path` now (not replaced, not
+    deleted). Sound because the file is held open: its inode cannot be reused meanwhile."""
     try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as error:
-        raise StateError(f"{where}: not valid JSON: {error.msg} at line {error.lineno} "
-                         f"column {error.colno}") from None
-    except ValueError as error:
-        raise StateError(f"{where}: not valid JSON: {error}") from None
-    if not isinstance(doc, dict):
-        raise StateError(f"{where}: not a state file (expected a JSON object)")
-    version = doc.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise StateError(f"{where}: not a state file (no valid format_version)")
-    if version > FORMAT_VERSION:
-        raise StateError(f"{where} has format_version {version}, newer than this reconciler "
-                         f"understands ({FORMAT_VERSION}); upgrade reconciler to use it")
-    try:
-        keys = {name: DispatchKey.parse(name) for name in (*doc["dispatches"], *doc["intents"])}
-        provenance = doc.get("provenance")
-        return Snapshot(
-            lineage=str(doc["lineage"]),
-            serial=int(doc["serial"]),
-            records={keys[k]: Record.from_json(keys[k], v) for k, v in doc["dispatches"].items()},
-            intents={keys[k]: Intent.from_json(keys[k], v) for k, v in doc["intents"].items()},
-            provenance=Provenance.from_json(provenance) if provenance else None,
-            summary=str(doc.get("summary", "")),
-        )
-    except _MALFORMED as error:
-        raise StateError(f"{where}: malformed state: {error!r}") from None
+        status = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (status.st_dev, status.st_ino) == identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,17 @@ def _read_journal(path: Path) -> _Journal | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    return _parse_journal(data, path)
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_journal(data: bytes, path: Path) -> _Journal | None:
     *complete, tail = data.split(b"\n")
     # A non-empty tail is a line cut short by a kill: its `put` never returned, so it is dropped.
     # A complete but invalid last line is treated the same way; anywhere else it is corruption.
@@ -189,7 +203,7 @@ def _read_journal(path: Path) -> _Journal | None:
     try:
         return _Journal(str(head["lineage"]), int(head["base_serial"]), int(head["serial"]),
                         Provenance.from_json(head["provenance"]), tuple(lines[1:]))
-    except _MALFORMED as error:
+    except MALFORMED as error:
         raise StateError(f"{path}:1: corrupt journal header: {error!r}") from None
 
 
@@ -209,7 +223,7 @@ def _replay(journal: _Journal, path: Path, base: Snapshot, summary: str) -> Snap
                 intents.pop(key, None)
             else:
                 raise ValueError(f"unknown op {op!r}")
-        except _MALFORMED as error:
+        except MALFORMED as error:
             raise StateError(f"{path}:{number}: corrupt journal entry: {error}") from None
     return Snapshot(journal.lineage, journal.serial, records, intents, journal.provenance, summary)
 
@@ -280,10 +294,12 @@ class LocalBackend:
 
         Without `commit` (an exception) the session's actions stay in the journal for the next
         writer to seal; the lock is always released."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self._acquire(provenance, lock_timeout)
+        with _disk_errors("take the state lock", self.lock_path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self._acquire(provenance, lock_timeout)
         try:
-            session = _LocalSession(self, self._recover(), provenance)
+            with _disk_errors("open a write session", self.journal_path):
+                session = _LocalSession(self, lock, self._recover(lock), provenance)
             try:
                 yield session
             finally:
@@ -291,29 +307,69 @@ class LocalBackend:
         finally:
             lock.release()
 
-    def _recover(self) -> Snapshot:
-        snap = self._load()
-        journal = _read_journal(self.journal_path)
-        if journal is not None and self._pending(snap, journal) and journal.entries:
-            count = len(journal.entries)
-            summary = f"recovered {count} recorded actions from an interrupted run"
-            snap = _replay(journal, self.journal_path, snap, summary)
-            self._seal(snap)
-        # Sealed now, or folded earlier, or empty: either way nothing in it is still needed.
-        if self.journal_path.exists():
-            self.journal_path.unlink()
-            _fsync_dir(self.path.parent)
+    def _recover(self, lock: _HeldLock) -> Snapshot:
+        """Seal the journal a previous writer left, if it holds actions; then delete it.
+
+        Under the journal's flock: a writer forced away from the lock may be committing this
+        very journal, and holds the flock while it checks the lock and seals; so this reads the
+        journal after such a commit (and finds it folded), or the commit finds the lock gone."""
+        try:
+            fd = os.open(self.journal_path, os.O_RDWR)
+        except FileNotFoundError:
+            return self._load()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not lock.mine():
+                raise LockLost(self.describe(), "seal an interrupted run")
+            snap = self._load()  # after the flock: the old writer may just have committed
+            journal = _parse_journal(_read_fd(fd), self.journal_path)
+            if journal is not None and self._pending(snap, journal) and journal.entries:
+                count = len(journal.entries)
+                summary = f"recovered {count} recorded actions from an interrupted run"
+                snap = _replay(journal, self.journal_path, snap, summary)
+                self._seal(snap)
+            # Sealed now, or folded earlier, or empty: either way nothing in it is still needed.
+            if _is_at(str(self.journal_path), _identity(fd)):
+                self.journal_path.unlink()
+                _fsync_dir(self.path.parent)
+        finally:
+            os.close(fd)  # and with it the flock
         return snap
 
     def _seal(self, snap: Snapshot) -> None:
         # History before state.json: once state.json shows a serial, its history is complete.
-        data = _pretty(_snapshot_json(snap))
+        data = snapshot_bytes(snap)
         self.history_dir.mkdir(exist_ok=True)
-        # mtime=0: the same snapshot always gives the same bytes
-        packed = gzip.compress(data, compresslevel=6, mtime=0)
-        _atomic_write(self._history_file(snap.serial), packed)
+        _atomic_write(self._history_file(snap.serial), pack(data))
         self._append_index(snap)
         _atomic_write(self.path, data)
+
+    def import_snapshots(self, snapshots: Iterable[Snapshot], provenance: Provenance, *,
+                         lock_timeout: float = 0.0) -> None:
+        """Under the lock, seal the given serials (ascending, one lineage) in turn, exactly as
+        their commits would have; refused unless there is no state yet. For
+        `reconciler.state.migrate`. A copy that fails half way keeps the serials sealed so far:
+        the target must be emptied before another try."""
+        with _disk_errors("take the state lock", self.lock_path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self._acquire(provenance, lock_timeout)
+        try:
+            with _disk_errors("import the state", self.path):
+                self._import(lock, snapshots)
+        finally:
+            lock.release()
+
+    def _import(self, lock: _HeldLock, snapshots: Iterable[Snapshot]) -> None:
+        if self._recover(lock).serial or self.history():
+            raise StateError(f"{self.describe()} already has a state; migrate only into an "
+                             "empty one")
+        previous: Snapshot | None = None
+        for snap in snapshots:
+            check_sequence(previous, snap)
+            if not lock.mine():
+                raise LockLost(self.describe(), f"import serial {snap.serial}")
+            self._seal(snap)
+            previous = snap
 
     def _append_index(self, snap: Snapshot) -> None:
         provenance = snap.provenance.to_json() if snap.provenance else None
@@ -347,7 +403,7 @@ class LocalBackend:
                 entry = HistoryEntry(int(item["serial"]),
                                      Provenance.from_json(item["provenance"] or {}),
                                      str(item["summary"]))
-            except _MALFORMED:
+            except MALFORMED:
                 continue  # torn by a crash; the serial is re-sealed and indexed again
             # A serial above state.json's was indexed by a run killed before sealing it.
             if entry.serial <= sealed:
@@ -360,10 +416,10 @@ class LocalBackend:
         if serial < 1 or serial > self._load().serial or not path.exists():
             raise StateError(f"serial {serial} is not in the history of {self.path}")
         try:
-            data = gzip.decompress(path.read_bytes())
-        except (OSError, EOFError, zlib.error) as error:
-            raise StateError(f"{path}: cannot read: {error}") from None
-        return parse_snapshot(data, str(path))
+            packed = path.read_bytes()
+        except OSError as error:
+            raise StateError(f"{path}: cannot read: {error.strerror}") from None
+        return parse_snapshot(unpack(packed, str(path)), str(path))
 
     # -- locking ------------------------------------------------------------------------------
 
@@ -380,20 +436,19 @@ class LocalBackend:
                 time.sleep(max(0.0, min(0.05, remaining)))
                 continue
             stamp = utc_iso(self.now())
-            info = LockInfo(str(uuid.uuid4()), provenance.operation, _os_user(), self.host,
+            info = LockInfo(str(uuid.uuid4()), provenance.operation, current_user(), self.host,
                             self.pid, stamp, stamp, provenance.ci_job)
             try:
                 _write_all(fd, self._lock_bytes(info))
                 os.fsync(fd)
             except BaseException:
                 self.lock_path.unlink(missing_ok=True)
-                raise
-            finally:
                 os.close(fd)
-            return _HeldLock(self, info)
+                raise
+            return _HeldLock(self, fd, info)
 
     def _lock_bytes(self, info: LockInfo) -> bytes:
-        return _pretty({**dataclasses.asdict(info), "lease_seconds": self.lease_seconds})
+        return pretty_json({**dataclasses.asdict(info), "lease_seconds": self.lease_seconds})
 
     def _read_lock(self) -> tuple[LockInfo, float] | None:
         try:
@@ -407,7 +462,7 @@ class LocalBackend:
                             str(doc["host"]), int(doc["pid"]), str(doc["created"]),
                             str(doc["heartbeat"]), doc.get("ci_job"))
             return info, float(doc.get("lease_seconds", self.lease_seconds))
-        except _MALFORMED:
+        except MALFORMED:
             # Created (O_EXCL) but not written yet, or its writer died in between: its age is
             # the file's, so it turns stale after a lease like any other.
             stamp = utc_iso(datetime.fromtimestamp(mtime, UTC))
@@ -453,34 +508,71 @@ class LocalBackend:
 
 
 class _HeldLock:
-    """The lock this process holds; a daemon thread refreshes its heartbeat every lease/4."""
+    """The lock this process holds: the lock file it created, kept open.
 
-    def __init__(self, backend: LocalBackend, info: LockInfo) -> None:
+    The lock is ours while the file at `state.lock` is the one we hold open (see the module
+    docstring); a daemon thread refreshes its heartbeat every lease/4 by replacing it with a new
+    file, which then becomes the one we hold."""
+
+    def __init__(self, backend: LocalBackend, fd: int, info: LockInfo) -> None:
         self._backend = backend
+        self._path = str(backend.lock_path)
+        self._fd = fd
+        self._identity = _identity(fd)
         self.info = info
+        # orders the heartbeat's swap of the file against `mine` from the session's threads
+        self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="state-lock-heartbeat",
                                         daemon=True)
         self._thread.start()
 
-    def _mine(self) -> bool:
-        held = self._backend._read_lock()
-        return held is not None and held[0].lock_id == self.info.lock_id
+    def mine(self) -> bool:
+        """Whether this process still holds the lock (it was not forced away)."""
+        with self._mutex:
+            return _is_at(self._path, self._identity)
 
     def _beat(self) -> None:
         while not self._stop.wait(self._backend.lease_seconds / 4):
-            # Forced away (force-unlock): never overwrite the next holder's lock.
-            if not self._mine():
+            beat = dataclasses.replace(self.info, heartbeat=utc_iso(self._backend.now()))
+            if not self._refresh(beat):
                 return
-            self.info = dataclasses.replace(self.info, heartbeat=utc_iso(self._backend.now()))
-            with contextlib.suppress(OSError):
-                _atomic_write(self._backend.lock_path, self._backend._lock_bytes(self.info))
+
+    def _refresh(self, info: LockInfo) -> bool:
+        """Replace the lock file with one holding `info`; False once the lock is not ours."""
+        path = self._backend.lock_path
+        try:
+            fd, temp = _write_temp(path, self._backend._lock_bytes(info))
+        except OSError:
+            return True  # a full disk, say: the next beat tries again
+        with self._mutex:
+            # Forced away: never replace the next holder's lock. (Were the lock forced and
+            # taken between this check and the rename, the next holder would find its file
+            # replaced and be refused at its next write: fenced, not overwritten.)
+            if not _is_at(self._path, self._identity):
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                return False
+            try:
+                os.replace(temp, path)
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                return True
+            os.close(self._fd)
+            self._fd, self._identity, self.info = fd, _identity(fd), info
+        _fsync_dir(path.parent)
+        return True
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
-        if self._mine():
-            self._backend.lock_path.unlink(missing_ok=True)
+        with self._mutex:
+            if _is_at(self._path, self._identity):
+                self._backend.lock_path.unlink(missing_ok=True)
+            os.close(self._fd)
 
 
 class _LocalSession:
@@ -488,12 +580,16 @@ class _LocalSession:
 
     Safe to call from several threads: a lock orders the lines, and an intent's fdatasync runs
     outside it, so concurrent creates share flushes instead of queueing for each other's.
+    Every write is fenced (see the module docstring): refused with `LockLost` once the lock was
+    forced away.
     """
 
     serial: int
 
-    def __init__(self, backend: LocalBackend, base: Snapshot, provenance: Provenance) -> None:
+    def __init__(self, backend: LocalBackend, lock: _HeldLock, base: Snapshot,
+                 provenance: Provenance) -> None:
         self._backend = backend
+        self._held = lock
         self._base = base
         self._provenance = provenance
         self.serial = base.serial + 1
@@ -504,33 +600,74 @@ class _LocalSession:
         self._committed = False
         self._closed = False
         self._lock = threading.Lock()
+        self._path = str(backend.journal_path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-        self._fd = os.open(backend.journal_path, flags, 0o644)
+        try:
+            self._fd = os.open(self._path, flags, 0o644)
+        except FileExistsError:
+            # only the journal of a writer that took the lock from this one can be there
+            raise LockLost(backend.describe(), "start a write session") from None
+        self._identity = _identity(self._fd)
         header = {"lineage": self._lineage, "base_serial": base.serial, "serial": self.serial,
                   "provenance": provenance.to_json()}
-        _write_all(self._fd, _line(header))
-        _datasync(self._fd)
+        try:
+            _write_all(self._fd, _line(header))
+            _datasync(self._fd)
+            self._check_held("start a write session", maybe_done=True)
+        except BaseException:
+            self.close()
+            raise
         _fsync_dir(backend.journal_path.parent)
+
+    def _check_held(self, doing: str, *, maybe_done: bool = False) -> None:
+        """Refuse unless the lock and the journal at their paths are still this session's."""
+        if not (self._held.mine() and _is_at(self._path, self._identity)):
+            raise LockLost(self._backend.describe(), doing, maybe_done=maybe_done)
+
+    @contextlib.contextmanager
+    def _fenced(self, doing: str) -> Iterator[None]:
+        """`_check_held` and what follows, with the journal's flock held throughout, so that
+        the next writer cannot start sealing this journal in between."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._check_held(doing)
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _append(self, entry: dict[str, Any], apply: Callable[[], object]) -> None:
         """Write one line, then update the in-memory view, in the same order for all threads."""
-        line = _line(entry)
+        self._append_all([(entry, apply)])
+
+    def _append_all(self, entries: Sequence[tuple[dict[str, Any], Callable[[], object]]]) -> None:
+        """Write the lines in one write, then update the in-memory view."""
+        data = b"".join(_line(entry) for entry, _ in entries)
         with self._lock:
             if self._closed:
                 raise StateError("the write session is closed")
-            _write_all(self._fd, line)
-            self._actions += 1
-            apply()
+            with _disk_errors("record an action", self._backend.journal_path):
+                _write_all(self._fd, data)
+            # After the write, not before: see the module docstring.
+            self._check_held("record an action", maybe_done=True)
+            self._actions += len(entries)
+            for _, apply in entries:
+                apply()
 
     def put(self, record: Record) -> None:
         """Record a dispatch (stored with `version` = this session's serial); clears its intent."""
-        record = dataclasses.replace(record, version=self.serial)
+        self.put_many([record])
 
-        def apply() -> None:
-            self._records[record.key] = record
-            self._intents.pop(record.key, None)
+    def put_many(self, records: Sequence[Record]) -> None:
+        """`put` for several dispatches, in one write."""
+        if not records:
+            return
+        stored = [dataclasses.replace(record, version=self.serial) for record in records]
+        self._append_all([({"op": "put", "key": str(r.key), "record": r.to_json()},
+                           functools.partial(self._store, r)) for r in stored])
 
-        self._append({"op": "put", "key": str(record.key), "record": record.to_json()}, apply)
+    def _store(self, record: Record) -> None:
+        self._records[record.key] = record
+        self._intents.pop(record.key, None)
 
     def remove(self, key: DispatchKey) -> None:
         """Forget a dispatch; a key not in the state is not an error."""
@@ -538,8 +675,15 @@ class _LocalSession:
 
     def intend(self, intent: Intent) -> None:
         """Durable even across a power loss before it returns: it guards a create."""
-        self._append({"op": "intent", "key": str(intent.key), "intent": intent.to_json()},
-                     lambda: self._intents.__setitem__(intent.key, intent))
+        self.intend_many([intent])
+
+    def intend_many(self, intents: Sequence[Intent]) -> None:
+        """Several intents in one write, made durable by one fdatasync."""
+        if not intents:
+            return
+        self._append_all([({"op": "intent", "key": str(i.key), "intent": i.to_json()},
+                           functools.partial(self._intents.__setitem__, i.key, i))
+                          for i in intents])
         _datasync(self._fd)
 
     def clear_intent(self, key: DispatchKey) -> None:
@@ -552,26 +696,34 @@ class _LocalSession:
         Call it once every thread using the session has finished."""
         if self._closed:
             raise StateError("the write session is closed")
-        if not self._actions:
-            self.close()
-            return self._base
-        _datasync(self._fd)
-        snap = Snapshot(self._lineage, self.serial, dict(self._records), dict(self._intents),
-                        self._provenance, summary)
-        self._backend._seal(snap)
-        self._committed = True
+        with _disk_errors("commit", self._backend.path), self._fenced("commit"):
+            if not self._actions:
+                snap = self._base
+            else:
+                _datasync(self._fd)
+                snap = Snapshot(self._lineage, self.serial, dict(self._records),
+                                dict(self._intents), self._provenance, summary)
+                self._backend._seal(snap)
+                self._committed = True
         self.close()
         return snap
 
     def close(self) -> None:
-        """End the session; an uncommitted journal with actions is kept for recovery."""
-        if self._closed:
-            return
-        self._closed = True
-        keep = self._actions > 0 and not self._committed
-        if keep:
-            _datasync(self._fd)
-        os.close(self._fd)
-        if not keep:
-            self._backend.journal_path.unlink(missing_ok=True)
-            _fsync_dir(self._backend.journal_path.parent)
+        """End the session; an uncommitted journal with actions is kept for recovery.
+
+        Never deletes a journal that is not this session's own (a writer that took the lock
+        over may have one at the same path by now)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self._actions > 0 and not self._committed:
+                _datasync(self._fd)
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if _is_at(self._path, self._identity):
+                self._backend.journal_path.unlink(missing_ok=True)
+                _fsync_dir(self._backend.journal_path.parent)
+        finally:
+            os.close(self._fd)  # and with it the flock

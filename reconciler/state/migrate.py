@@ -8,22 +8,9 @@ read; its lock is held during the copy so that no run writes a serial the copy w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from reconciler.state.base import HistoryEntry, Provenance, Snapshot, StateBackend, StateError
-from reconciler.state.local import LocalBackend
-
-
-@runtime_checkable
-class SnapshotImporter(Protocol):
-    """A backend that can take a whole history at once (`PostgresBackend` does)."""
-
-    def import_snapshots(self, snapshots: Iterable[Snapshot], provenance: Provenance, *,
-                         lock_timeout: float = 0.0) -> None:
-        """Store the sealed serials, ascending, and the last as the state; refuse unless there
-        is no state yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +19,10 @@ class Migration:
 
     lineage: str
     serials: int
+    """History entries copied (every serial the source sealed)."""
     last_serial: int
     records: int
+    intents: int
 
 
 def migrate(source: StateBackend, target: StateBackend, provenance: Provenance, *,
@@ -46,10 +35,10 @@ def migrate(source: StateBackend, target: StateBackend, provenance: Provenance, 
     them). A failure during the copy leaves the source as it was; the target may then hold part
     of the copy (the local backend writes serial by serial) and must be emptied before a retry.
     """
-    _require_empty(target)
     before = source.read()
     if before.serial == 0:
         raise StateError(f"{source.describe()}: there is no state to migrate")
+    _require_empty(target, before)
     # Checked before taking the source's lock too: taking it seals an interrupted run.
     _require_sealed(source, before, source.history())
     with source.write_session(provenance, lock_timeout=lock_timeout):
@@ -57,21 +46,23 @@ def migrate(source: StateBackend, target: StateBackend, provenance: Provenance, 
         history = source.history()
         _require_sealed(source, current, history)
         snapshots = (source.read_serial(entry.serial) for entry in history)
-        if isinstance(target, LocalBackend):
-            _import_local(target, snapshots, provenance, lock_timeout)
-        elif isinstance(target, SnapshotImporter):
-            target.import_snapshots(snapshots, provenance, lock_timeout=lock_timeout)
-        else:
-            raise StateError(f"cannot migrate into {target.describe()}: the backend cannot "
-                             "import a history")
+        target.import_snapshots(snapshots, provenance, lock_timeout=lock_timeout)
         _verify(source, target, current, history)
-    return Migration(current.lineage, len(history), current.serial, len(current.records))
+    return Migration(current.lineage, len(history), current.serial, len(current.records),
+                     len(current.intents))
 
 
-def _require_empty(target: StateBackend) -> None:
-    if target.read().serial != 0 or target.history():
-        raise StateError(f"{target.describe()} already has a state; migrate only into an "
-                         "empty one")
+def _require_empty(target: StateBackend, source: Snapshot) -> None:
+    found = target.read()
+    if found.serial == 0 and not target.history():
+        return
+    if found.lineage == source.lineage:
+        raise StateError(f"{target.describe()} already holds this state (lineage "
+                         f"{found.lineage}, serial {found.serial}): it is the source itself, "
+                         "or a copy made before; migrate only into an empty one")
+    raise StateError(f"{target.describe()} already holds another state (lineage "
+                     f"{found.lineage or 'unknown'}, serial {found.serial}); migrate only into "
+                     "an empty one")
 
 
 def _require_sealed(source: StateBackend, current: Snapshot,
@@ -85,16 +76,6 @@ def _require_sealed(source: StateBackend, current: Snapshot,
         raise StateError(f"{source.describe()}: serial {current.serial} holds recorded "
                          "actions of an interrupted run, not sealed yet; the next write "
                          "(apply, import or state rm) seals them; migrate after that")
-
-
-def _import_local(target: LocalBackend, snapshots: Iterable[Snapshot], provenance: Provenance,
-                  lock_timeout: float) -> None:
-    # An empty session holds the lock and leaves nothing behind; the serials are sealed with
-    # their own lineage, provenance and summary, exactly as a commit would have written them.
-    with target.write_session(provenance, lock_timeout=lock_timeout):
-        _require_empty(target)
-        for snap in snapshots:
-            target._seal(snap)
 
 
 def _verify(source: StateBackend, target: StateBackend, current: Snapshot,

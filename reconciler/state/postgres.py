@@ -39,32 +39,39 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import hashlib
 import os
 import socket
 import threading
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, LiteralString
 
-from reconciler.model import DispatchKey, ReconcilerError
+from reconciler.model import DispatchKey
 from reconciler.provenance import utc_iso
 from reconciler.state.base import (
     HistoryEntry,
     Intent,
     LockHeld,
     LockInfo,
+    LockLost,
     Provenance,
     Record,
     Session,
     Snapshot,
     StateError,
+    current_user,
 )
-from reconciler.state.local import _os_user, _pretty, _snapshot_json, parse_snapshot
+from reconciler.state.snapshot import (
+    MALFORMED,
+    check_sequence,
+    pack,
+    parse_snapshot,
+    snapshot_bytes,
+    unpack,
+)
 
 try:
     import psycopg
@@ -84,8 +91,6 @@ UNKNOWN_LOCK_ID = "unknown"
 
 TERMINATE_WAIT_SECONDS = 10.0
 """How long `force_unlock` waits for the server to end the holder's connection."""
-
-_MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError)
 
 MIGRATIONS: tuple[LiteralString, ...] = (
     # 1: the initial schema.
@@ -371,7 +376,7 @@ class PostgresBackend:
                              Provenance.from_json(row[2]) if row[2] else None, str(row[3]),
                              row[4], row[5],
                              Provenance.from_json(row[6]) if row[6] else None, int(row[7]))
-        except _MALFORMED as error:
+        except MALFORMED as error:
             raise StateError(f"{self.describe()}: malformed state row: {error!r}") from None
 
     def _load(self, conn: Connection) -> Snapshot:
@@ -404,7 +409,7 @@ class PostgresBackend:
                     'ORDER BY key COLLATE "C"', (self.workspace,)):
                 key = DispatchKey.parse(name)
                 intents[key] = Intent.from_json(key, data)
-        except _MALFORMED as error:
+        except MALFORMED as error:
             raise StateError(f"{self.describe()}: malformed row: {error!r}") from None
         return Snapshot(lineage, serial, records, intents, provenance, summary)
 
@@ -427,11 +432,7 @@ class PostgresBackend:
         if row is None:
             raise StateError(f"serial {serial} is not in the history of {self.describe()}")
         where = f"{self.describe()}, serial {serial}"
-        try:
-            data = gzip.decompress(row[0])
-        except (OSError, EOFError, zlib.error) as error:
-            raise StateError(f"{where}: cannot read: {error}") from None
-        return parse_snapshot(data, where)
+        return parse_snapshot(unpack(row[0], where), where)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -486,8 +487,7 @@ class PostgresBackend:
                      (snap.serial, provenance, snap.summary, self.workspace))
 
     def _insert_history(self, conn: Connection, snap: Snapshot) -> None:
-        # mtime=0: the same snapshot always gives the same bytes, as in the local backend
-        packed = gzip.compress(_pretty(_snapshot_json(snap)), compresslevel=6, mtime=0)
+        packed = pack(snapshot_bytes(snap))
         provenance = Jsonb(snap.provenance.to_json()) if snap.provenance else None
         conn.execute("INSERT INTO reconciler_history "
                      "(workspace, serial, provenance, summary, records, snapshot) "
@@ -513,11 +513,7 @@ class PostgresBackend:
                                      "into an empty one")
                 last: Snapshot | None = None
                 for snap in snapshots:
-                    if last is not None and (snap.lineage != last.lineage
-                                             or snap.serial <= last.serial):
-                        raise StateError(f"serial {snap.serial} (lineage {snap.lineage}) does "
-                                         f"not follow serial {last.serial} (lineage "
-                                         f"{last.lineage})")
+                    check_sequence(last, snap)
                     self._insert_history(conn, snap)
                     last = snap
                 if last is None:
@@ -576,7 +572,7 @@ class PostgresBackend:
                         raise LockHeld(*held)
                     time.sleep(max(0.0, min(0.05, remaining)))
                 stamp = utc_iso(self.now())
-                info = LockInfo(str(uuid.uuid4()), provenance.operation, _os_user(), self.host,
+                info = LockInfo(str(uuid.uuid4()), provenance.operation, current_user(), self.host,
                                 self.pid, stamp, stamp, provenance.ci_job)
                 with conn.transaction():
                     conn.execute("DELETE FROM reconciler_lock WHERE workspace = %s",
@@ -775,25 +771,34 @@ class _PostgresSession:
 
     def _record(self, statement: LiteralString, key: DispatchKey, data: object = None,
                 **extra: object) -> None:
-        params = {"ws": self._backend.workspace, "sid": self._session_id, "key": str(key),
-                  "data": data, **extra}
+        self._record_all(statement, [(key, data)], **extra)
+
+    def _record_all(self, statement: LiteralString, items: Sequence[tuple[DispatchKey, object]],
+                    **extra: object) -> None:
+        """One statement per item, all in one transaction: one commit for the lot."""
+        params = [{"ws": self._backend.workspace, "sid": self._session_id, "key": str(key),
+                   "data": data, **extra} for key, data in items]
+        conn = self._held.conn
         with self._held.guard:
             if self._closed:
                 raise StateError("the write session is closed")
-            with self._backend._errors("record an action"):
-                row = self._held.conn.execute(statement, params).fetchone()
-            if not row or row[0] != 1:
-                raise self._lost()
-            self._actions += 1
-
-    def _lost(self) -> StateError:
-        return StateError(f"{self._backend.describe()}: this write session no longer holds the "
-                          "lock (was it force-unlocked?); nothing more was recorded")
+            with self._backend._errors("record an action"), (
+                    conn.transaction() if len(params) > 1 else contextlib.nullcontext()):
+                for one in params:
+                    row = conn.execute(statement, one).fetchone()
+                    if not row or row[0] != 1:
+                        raise LockLost(self._backend.describe(), "record an action")
+            self._actions += len(params)
 
     def put(self, record: Record) -> None:
         """Record a dispatch (stored with `version` = this session's serial); clears its intent."""
-        record = dataclasses.replace(record, version=self.serial)
-        self._record(_PUT, record.key, Jsonb(record.to_json()), version=self.serial)
+        self.put_many([record])
+
+    def put_many(self, records: Sequence[Record]) -> None:
+        """`put` for several dispatches in one transaction."""
+        self._record_all(_PUT, [(r.key, Jsonb(dataclasses.replace(r, version=self.serial)
+                                              .to_json())) for r in records],
+                         version=self.serial)
 
     def remove(self, key: DispatchKey) -> None:
         """Forget a dispatch; a key not in the state is not an error."""
@@ -802,6 +807,10 @@ class _PostgresSession:
     def intend(self, intent: Intent) -> None:
         """Durable even across a power loss before it returns: it guards a create."""
         self._record(_INTEND, intent.key, Jsonb(intent.to_json()))
+
+    def intend_many(self, intents: Sequence[Intent]) -> None:
+        """Several intents in one transaction, so one commit (one WAL flush) for the batch."""
+        self._record_all(_INTEND, [(i.key, Jsonb(i.to_json())) for i in intents])
 
     def clear_intent(self, key: DispatchKey) -> None:
         self._record(_CLEAR_INTENT, key)
@@ -818,7 +827,7 @@ class _PostgresSession:
             with backend._errors("commit the state"), conn.transaction():
                 state = backend._state_row(conn, for_update=True)
                 if state is None or state.session_id != self._session_id:
-                    raise self._lost()
+                    raise LockLost(backend.describe(), "commit")
                 if not state.pending_actions:
                     self._end(conn)
                     snap = backend._load(conn)
