@@ -3,6 +3,9 @@
 An `Auth` adds its headers to a fully built `httpx.Request` just before it is sent, once per
 attempt: a signer (AK/SK) needs the final method, URL, headers and body, and a fresh date on every
 retry. Secrets stay inside the `Auth` object: its repr never shows them.
+
+Three kinds: `TokenAuth` here (a token given by the user), `reconciler.signer.AkSkAuth` (an access
+key pair) and `reconciler.iam.PasswordAuth` (an IAM user's password, exchanged for tokens).
 """
 
 from __future__ import annotations
@@ -22,14 +25,25 @@ class CredentialsError(ReconcilerError):
 
 
 class Auth(Protocol):
+    @property
+    def refused_hint(self) -> str:
+        """What to check when the API refuses the credentials (401/403), fit to append to the
+        error message; names variables, never values."""
+
     def apply(self, request: httpx.Request) -> None:
         """Add the authentication headers to `request` (called for every attempt)."""
+
+    def invalidate(self, request: httpx.Request) -> bool:
+        """The API refused `request` (401): forget what it was sent with. True when another
+        attempt would carry different credentials (a renewed token), so it is worth making."""
 
 
 class TokenAuth:
     """An IAM token sent as `X-Auth-Token` (the `X-Subject-Token` IAM returned)."""
 
     __slots__ = ("_token",)
+    refused_hint = (f"check {TOKEN_ENV}: is the IAM token valid, unexpired and scoped to this "
+                    "project?")
 
     def __init__(self, token: str) -> None:
         token = token.strip()
@@ -45,6 +59,9 @@ class TokenAuth:
 
     def apply(self, request: httpx.Request) -> None:
         request.headers["X-Auth-Token"] = self._token
+
+    def invalidate(self, request: httpx.Request) -> bool:
+        return False  # the user's token is all there is
 
     def __repr__(self) -> str:
         return "TokenAuth(token=***)"

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from reconciler.model import Problem, ReconcilerError
 from reconciler.yamlsource import YamlDocument, load_yaml
 
 CONFIG_NAME = "reconciler.yaml"
 BACKENDS = ("local", "postgres")
-AUTH_METHODS = ("token", "aksk")
+AUTH_METHODS = ("token", "aksk", "password")
 DEFAULT_STATE_PATH = ".reconciler/state.json"
 DEFAULT_PARALLELISM = 10
 
@@ -46,6 +48,7 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     endpoint: str | None = None
     region: str | None = None
+    iam_endpoint: str | None = None
     parallelism: int = DEFAULT_PARALLELISM
     auth: str | None = None
     config_file: str | None = None
@@ -54,7 +57,8 @@ class Settings:
         return self.base / self.state.path
 
 
-_FILE_KEYS = ("schedules", "state", "endpoint", "region", "parallelism", "auth")
+_FILE_KEYS = ("schedules", "state", "endpoint", "region", "iam_endpoint", "parallelism",
+              "auth")
 _STATE_KEYS = ("backend", "path", "dsn", "workspace")
 
 
@@ -100,7 +104,7 @@ def _apply_file(settings: Settings, path: Path, shown: str) -> Settings:
     elif schedules is not None:
         problems.append(Problem.at(doc.locate(["schedules"]),
                                    "schedules must be a path or a non-empty list of paths"))
-    for name in ("endpoint", "region"):
+    for name in ("endpoint", "region", "iam_endpoint"):
         value = expect(name, str, "a string")
         if value is not None:
             values[name] = value
@@ -146,7 +150,7 @@ def _state_from(
             problems.append(Problem.at(doc.locate(["state", name]),
                                        f"state.backend must be one of {', '.join(BACKENDS)}, "
                                        f"got {value!r}"))
-        elif name == "dsn" and _has_password(value):
+        elif name == "dsn" and dsn_has_password(value):
             problems.append(Problem.at(doc.locate(["state", name]),
                                        "state.dsn must not contain a password; put it in "
                                        "RECONCILER_STATE_DSN, PGPASSWORD or ~/.pgpass"))
@@ -155,11 +159,25 @@ def _state_from(
     return replace(current, **values)
 
 
-def _has_password(dsn: str) -> bool:
-    if "://" in dsn:
-        authority = dsn.split("://", 1)[1].split("/", 1)[0]
-        return "@" in authority and ":" in authority.split("@", 1)[0]
-    return any(part.strip().startswith("password=") for part in dsn.split())
+_CONNINFO_PAIR = re.compile(r"\s*([^\s=]+)\s*=\s*(?:'(?:[^'\\]|\\.)*'|(?:[^\s\\]|\\.)*)", re.S)
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a libpq DSN carries a password (or an SSL key's `sslpassword`): in a URI's user
+    info or query string, or as a key=value pair, read by libpq's quoting rules (psycopg, which
+    could parse it, is an optional extra)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        userinfo = parts.netloc.rpartition("@")[0]
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        return ":" in userinfo or any("password" in name for name, _ in query)
+    keys, position = [], 0
+    while position < len(dsn.rstrip()) and (pair := _CONNINFO_PAIR.match(dsn, position)):
+        keys.append(pair.group(1))
+        position = pair.end()
+    if position < len(dsn.rstrip()):
+        return "password" in dsn  # not a valid DSN: libpq will say so; be cautious meanwhile
+    return any("password" in key for key in keys)
 
 
 def _unknown(
@@ -188,6 +206,9 @@ def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settin
     for name in ("endpoint", "region", "auth"):
         if (value := env(f"RECONCILER_{name.upper()}")) is not None:
             values[name] = value
+    # The SDK's own name for it is honoured too, below ours.
+    if (iam := env("RECONCILER_IAM_ENDPOINT") or env("HUAWEICLOUD_SDK_IAM_ENDPOINT")) is not None:
+        values["iam_endpoint"] = iam
     if (auth := values.get("auth")) is not None and auth not in AUTH_METHODS:
         raise ReconcilerError(
             f"RECONCILER_AUTH must be one of {', '.join(AUTH_METHODS)}, got {auth!r}"

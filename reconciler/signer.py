@@ -340,6 +340,8 @@ class AkSkAuth:
     """
 
     __slots__ = ("_ak", "_clock", "_project_id", "_sk")
+    refused_hint = (f"check {AK_ENV} and {SK_ENV}, and this machine's clock: the gateway refuses "
+                    "a signature dated more than 15 minutes away from its own")
 
     def __init__(self, ak: str, sk: str, project_id: str | None = None, *,
                  clock: Callable[[], datetime] = _utc_now) -> None:
@@ -354,6 +356,9 @@ class AkSkAuth:
     def project_id(self) -> str | None:
         """The configured project id (None: taken from each request's path)."""
         return self._project_id
+
+    def invalidate(self, request: httpx.Request) -> bool:
+        return False  # a key pair is not renewed: signing again would be refused again
 
     def apply(self, request: httpx.Request) -> None:
         """Sign `request` in place for this attempt (fresh date, replaces any Authorization).

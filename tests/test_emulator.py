@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import argparse
 import functools
+import io
 import json
 import os
 import socket
@@ -10,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -20,8 +23,10 @@ import pytest
 
 from reconciler.auth import TokenAuth
 from reconciler.client import DispatchClient, OutcomeUnknown
-from reconciler.emulator import Emulator, Reply
+from reconciler.emulator import Emulator, Reply, add_arguments, run_from_args
 from reconciler.model import DispatchKey, ReconcilerError, Spec
+from reconciler.signer import AkSkAuth
+from tests.factories import Blocking
 
 KEY = "proj1/inst1/task1"
 PATH = "/v2/proj1/fdi/instances/inst1/tasks/task1/dispatches"
@@ -330,7 +335,8 @@ def test_fifty_concurrent_keep_alive_clients() -> None:
 def test_dispatch_client_end_to_end(emu: Emulator) -> None:
     key = DispatchKey("proj1", "inst1", "task1")
     spec = Spec(cron="0 0 2 * * ?", cron_timezone="Asia/Shanghai", remark="nightly")
-    with DispatchClient(emu.url, TokenAuth("t")) as client:
+    with DispatchClient(emu.url, TokenAuth("t")) as raw:
+        client = Blocking(raw)
         assert client.show(key) is None
         created = client.create(key, spec)
         assert created.spec == spec
@@ -659,3 +665,257 @@ def test_ipv6_loopback() -> None:
     with emu:
         assert emu.url.startswith("http://[::1]:")
         still_serving(emu)
+
+
+# -- IAM tokens ---------------------------------------------------------------------------------
+
+IAM_USER = {"iam_user": "deployer", "iam_password": "Pa55word!", "iam_domain": "acme"}
+OTHER_PATH = PATH.replace("proj1", "proj2")
+
+
+def token_body(user: str = "deployer", password: str = "Pa55word!", domain: str = "acme",
+               project: str = "proj1") -> dict[str, Any]:
+    return {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "password": password, "domain": {"name": domain}}}},
+        "scope": {"project": {"id": project}}}}
+
+
+@pytest.fixture
+def iam_emu(clock: Clock) -> Iterator[Emulator]:
+    with Emulator(clock=clock, iam_token_ttl=600, **IAM_USER) as emulator:
+        yield emulator
+
+
+def issue(emu: Emulator, **kw: str) -> httpx.Response:
+    return post(emu.url + "/v3/auth/tokens?nocatalog=true", json=token_body(**kw))
+
+
+def test_iam_issues_a_project_scoped_token(iam_emu: Emulator) -> None:
+    answer = issue(iam_emu)
+    assert answer.status_code == 201
+    token = answer.headers["X-Subject-Token"]
+    body = answer.json()["token"]
+    assert body["issued_at"] == "2023-11-14T22:13:20.000000Z"
+    assert body["expires_at"] == "2023-11-14T22:23:20.000000Z"
+    assert body["project"] == {"id": "proj1", "name": "proj1", "domain": {"name": "acme"}}
+    assert body["methods"] == ["password"]
+    assert token not in json.dumps(body)
+    assert iam_emu.iam_calls() == {"issued": 1, "refused": 0}
+
+
+def test_issued_tokens_are_checked(iam_emu: Emulator, clock: Clock) -> None:
+    token = issue(iam_emu).headers["X-Subject-Token"]
+    assert get(iam_emu.url + PATH, headers={"X-Auth-Token": token}).status_code == 404  # passed
+    other = get(iam_emu.url + OTHER_PATH, headers={"X-Auth-Token": token})
+    assert error_of(other) == (403, "APIGW.0302", "The IAM user is not authorized to access "
+                               "the API: the token is scoped to another project")
+    unknown = get(iam_emu.url + PATH, headers={"X-Auth-Token": "made-up"})
+    assert error_of(unknown) == (401, "APIGW.0301", "Incorrect IAM authentication information: "
+                                 "the token is not valid")
+    assert get(iam_emu.url + PATH).status_code == 401
+    clock.now += 600
+    expired = get(iam_emu.url + PATH, headers={"X-Auth-Token": token})
+    assert error_of(expired)[2].endswith("the token has expired")
+
+
+def test_a_configured_token_is_accepted_beside_issued_ones(clock: Clock) -> None:
+    with Emulator(clock=clock, token="fixed", **IAM_USER) as emu:
+        assert get(emu.url + PATH, headers={"X-Auth-Token": "fixed"}).status_code == 404
+        assert get(emu.url + PATH, headers={"X-Auth-Token": "other"}).status_code == 401
+        token = issue(emu).headers["X-Subject-Token"]
+        assert get(emu.url + PATH, headers={"X-Auth-Token": token}).status_code == 404
+
+
+@pytest.mark.parametrize("wrong", [{"user": "someone"}, {"password": "guess"},
+                                   {"domain": "other-account"}])
+def test_wrong_credentials_get_iams_401(iam_emu: Emulator, wrong: dict[str, str]) -> None:
+    answer = issue(iam_emu, **wrong)
+    assert answer.status_code == 401
+    assert answer.json() == {"error": {"code": 401, "message": "The username or password is "
+                                       "wrong.", "title": "Unauthorized"}}
+    assert "X-Subject-Token" not in answer.headers
+    assert iam_emu.iam_calls() == {"issued": 0, "refused": 1}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"not json", "The request body must be a JSON object."),
+    ({"auth": {}}, "auth.identity.methods"),
+    ({"auth": {"identity": {"methods": ["token"]}}}, "auth.identity.methods must contain"),
+    ({"auth": {"identity": {"methods": ["password"]}}}, "auth.identity.password.user.name"),
+    ({**token_body(), "auth": {**token_body()["auth"], "scope": {"domain": {"name": "acme"}}}},
+     "auth.scope.project.id"),
+    (token_body(project="../etc"), "auth.scope.project.id must be 1-64"),
+    (token_body(password=""), "auth.identity.password.user.password"),
+])
+def test_malformed_token_requests(iam_emu: Emulator, body: Any, field: str) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    answer = post(iam_emu.url + "/v3/auth/tokens", content=content)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["title"] == "Bad Request"
+    assert field in answer.json()["error"]["message"]
+
+
+def test_token_endpoint_without_iam_and_other_methods(emu: Emulator,
+                                                      iam_emu: Emulator) -> None:
+    missing = issue(emu)
+    assert (missing.status_code, missing.json()["error_code"]) == (404, "EMU.404")
+    assert "--iam-user" in missing.json()["error_msg"]
+    assert get(iam_emu.url + "/v3/auth/tokens").status_code == 405
+
+
+def test_iam_control_endpoint(iam_emu: Emulator) -> None:
+    issue(iam_emu)
+    issue(iam_emu, password="nope")
+    assert get(iam_emu.url + "/_emulator/iam").json() == {"issued": 1, "refused": 1}
+
+
+@pytest.mark.parametrize("options", [
+    {"iam_user": "u"}, {"iam_user": "u", "iam_password": "p"},
+    {**IAM_USER, "iam_domain": ""}, {"ak": "A"}, {"sk": "S"}, {"ak": "", "sk": "S"},
+    {**IAM_USER, "iam_token_ttl": 0},
+])
+def test_incomplete_credentials_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"needs|must be positive"):
+        Emulator(**options)
+
+
+# -- AK/SK signatures ---------------------------------------------------------------------------
+
+AK, SK = "EMUAKEXAMPLE00000001", "emu-secret-key-0123456789abcdef"
+
+
+def sdk_clock(clock: Clock, offset: float = 0) -> Callable[[], datetime]:
+    return lambda: datetime.fromtimestamp(clock() + offset, UTC)
+
+
+@pytest.fixture
+def aksk_emu(clock: Clock) -> Iterator[Emulator]:
+    with Emulator(clock=clock, ak=AK, sk=SK) as emulator:
+        yield emulator
+
+
+def signed_send(emu: Emulator, clock: Clock, method: str = "POST", path: str = PATH,
+                body: dict[str, Any] | None = CRON, *, sk: str = SK, offset: float = 0,
+                tamper: Callable[[httpx.Request], httpx.Request] | None = None) -> httpx.Response:
+    request = httpx.Request(method, emu.url + path, json=body,
+                            headers={"User-Agent": "test", "Accept": "application/json"})
+    AkSkAuth(AK, sk, clock=sdk_clock(clock, offset)).apply(request)
+    if tamper is not None:
+        request = tamper(request)
+    with httpx.Client(verify=TLS) as http:
+        return http.send(request)
+
+
+def test_a_good_signature_is_accepted(aksk_emu: Emulator, clock: Clock) -> None:
+    created = signed_send(aksk_emu, clock)
+    assert created.status_code == 200
+    dispatch_id = created.json()["dispatch_id"]
+    assert signed_send(aksk_emu, clock, "GET", body=None).json()["dispatch_id"] == dispatch_id
+    assert signed_send(aksk_emu, clock, "PUT", f"{PATH}/{dispatch_id}?a=b c&a=1",
+                       PERIOD).status_code == 200
+    assert signed_send(aksk_emu, clock, "GET", body=None, offset=-14 * 60).status_code == 200
+
+
+def rebuilt(request: httpx.Request, **changes: Any) -> httpx.Request:
+    """A copy of the signed request with a different URL or body, its headers kept."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+    return httpx.Request(request.method, changes.get("url", request.url), headers=headers,
+                         content=changes.get("content", request.content))
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (lambda r: rebuilt(r, content=r.content.replace(b"nightly", b"hourly!")),
+     "verify aksk signature fail"),
+    (lambda r: rebuilt(r, url=str(r.url).replace("task1", "task2")),
+     "verify aksk signature fail"),
+    (lambda r: rebuilt(r, url=str(r.url) + "?extra=1"), "verify aksk signature fail"),
+    (lambda r: set_header(r, "X-Sdk-Date", "20231114T221321Z"), "verify aksk signature fail"),
+    (lambda r: set_header(r, "X-Sdk-Date", "yesterday"), "X-Sdk-Date header is missing or not"),
+    (lambda r: set_header(r, "Authorization",
+                          r.headers["Authorization"].replace(AK, "SOMEONE-ELSE")),
+     "the access key does not exist"),
+    (lambda r: set_header(r, "Authorization", "Bearer abc"), "not an SDK-HMAC-SHA256 signature"),
+    (lambda r: set_header(r, "X-Project-Id", "proj2"), "verify aksk signature fail"),
+])
+def test_tampered_requests_are_refused(aksk_emu: Emulator, clock: Clock,
+                                       tamper: Callable[[httpx.Request], httpx.Request],
+                                       reason: str) -> None:
+    answer = signed_send(aksk_emu, clock, tamper=tamper)
+    assert error_of(answer)[:2] == (401, "APIGW.0301")
+    assert reason in error_of(answer)[2]
+    assert not aksk_emu.dispatches()
+
+
+def set_header(request: httpx.Request, name: str, value: str) -> httpx.Request:
+    request.headers[name] = value
+    return request
+
+
+@pytest.mark.parametrize("offset", [-16 * 60, 16 * 60])
+def test_a_stale_or_future_date_is_refused(aksk_emu: Emulator, clock: Clock,
+                                           offset: float) -> None:
+    answer = signed_send(aksk_emu, clock, offset=offset)
+    assert error_of(answer) == (401, "APIGW.0301", "Incorrect IAM authentication information: "
+                                "the X-Sdk-Date header is more than 15 minutes away from the "
+                                "server's time")
+
+
+def test_a_wrong_sk_is_refused_without_echoing_anything(aksk_emu: Emulator,
+                                                        clock: Clock) -> None:
+    answer = signed_send(aksk_emu, clock, sk="not-the-secret-key")
+    assert error_of(answer) == (401, "APIGW.0301", "Incorrect IAM authentication information: "
+                                "verify aksk signature fail")
+    assert AK not in answer.text
+
+
+def test_with_aksk_alone_tokens_and_unsigned_requests_are_refused(aksk_emu: Emulator) -> None:
+    unsigned = get(aksk_emu.url + PATH)
+    assert error_of(unsigned)[2].endswith("no signature (Authorization) and no token "
+                                          "(X-Auth-Token)")
+    assert get(aksk_emu.url + PATH, headers=HEADERS).status_code == 401
+
+
+def test_signatures_and_tokens_together(clock: Clock) -> None:
+    with Emulator(clock=clock, ak=AK, sk=SK, token="fixed") as emu:
+        assert signed_send(emu, clock, "GET", body=None).status_code == 404
+        assert get(emu.url + PATH, headers={"X-Auth-Token": "fixed"}).status_code == 404
+        assert get(emu.url + PATH, headers={"X-Auth-Token": "other"}).status_code == 401
+        # A request that carries a signature is judged by it, whatever token it also has.
+        bad = signed_send(emu, clock, "GET", body=None, sk="wrong-secret",
+                          tamper=lambda r: set_header(r, "X-Auth-Token", "fixed"))
+        assert bad.status_code == 401
+
+
+def test_a_request_signed_by_huaweis_sdk_is_accepted() -> None:
+    from huaweicloudsdkcore.auth.credentials import (  # type: ignore[import-untyped]
+        BasicCredentials,
+    )
+    from huaweicloudsdkcore.sdk_request import SdkRequest  # type: ignore[import-untyped]
+
+    with Emulator(ak=AK, sk=SK) as emu:
+        body = json.dumps(CRON).encode()
+        for method, content in (("POST", body), ("GET", None)):
+            request = SdkRequest(method=method, schema="http", host=urlsplit(emu.url).netloc,
+                                 resource_path=PATH, query_params=[("nocache", "1")],
+                                 header_params={"Content-Type": "application/json"},
+                                 body=content)
+            BasicCredentials(AK, SK, "proj1").sign_request(request)
+            answer = httpx.request(method, request.url, headers=request.header_params,
+                                   content=content)
+            assert answer.status_code == 200, answer.text
+
+
+def test_handle_takes_headers(clock: Clock) -> None:
+    emu = Emulator(clock=clock, ak=AK, sk=SK)
+    request = httpx.Request("GET", "http://emulator" + PATH)
+    AkSkAuth(AK, SK, clock=sdk_clock(clock)).apply(request)
+    assert emu.handle("GET", PATH, headers=dict(request.headers)).status == 404
+    assert emu.handle("GET", PATH, "token").status == 401
+
+
+def test_run_from_args_refuses_half_a_key_pair() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ReconcilerError, match="emulator: an AK needs its SK"):
+        run_from_args(parser.parse_args(["--port", "0", "--ak", AK]), io.StringIO())

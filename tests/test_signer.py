@@ -35,6 +35,7 @@ from reconciler.signer import (
     sign,
     verify,
 )
+from tests.factories import Blocking
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "sEcReT+sk/VALUE0123456789abcdefghijKLMN"
@@ -557,10 +558,13 @@ def test_the_dispatch_client_sends_requests_that_verify() -> None:
         seen.append(check(request))
         return next(answers)
 
+    async def no_wait(seconds: float) -> None:
+        pass
+
     client = DispatchClient("https://roma.example.com", AkSkAuth(AK, SK, clock=clock),
-                            transport=httpx.MockTransport(handler), sleep=lambda _: None)
-    with client:
-        client.update(DispatchKey("proj1", "inst1", "task1"), "d1", Spec(cron="0 0 2 * * ?"))
+                            transport=httpx.MockTransport(handler), sleep=no_wait)
+    Blocking(client).update(DispatchKey("proj1", "inst1", "task1"), "d1",
+                            Spec(cron="0 0 2 * * ?"))
     assert seen == [True, True]
 
 

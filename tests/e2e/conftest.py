@@ -28,7 +28,8 @@ class Project:
     def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120,
             stdin: str | None = None) -> Result:
         environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("RECONCILER_", "GITHUB_", "GITLAB_", "CI"))}
+                   if not k.startswith(("RECONCILER_", "HUAWEICLOUD_SDK_", "GITHUB_", "GITLAB_",
+                                        "CI"))}
         environ.update(env or {})
         done = subprocess.run([sys.executable, "-m", "reconciler", *argv], cwd=self.root,
                               capture_output=True, text=True, env=environ, timeout=timeout,

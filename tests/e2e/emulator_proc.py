@@ -40,6 +40,11 @@ class EmulatorProcess:
     def unknown_task(self, key: str) -> None:
         self.http.post("/_emulator/unknown-tasks", json={"key": key}).raise_for_status()
 
+    def iam(self) -> dict[str, int]:
+        """Token requests answered by the emulator's IAM: issued and refused."""
+        result: dict[str, int] = self.http.get("/_emulator/iam").json()
+        return result
+
     def posts(self) -> dict[str, int]:
         return {key: calls.get("POST", 0) for key, calls in self.calls().items()}
 

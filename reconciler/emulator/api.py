@@ -6,10 +6,20 @@ optional JSON persistence, and injectable latency and faults. 400 errors use the
 `{"code": 400, "reason": {...}}`, all others the flat `{"error_code", "error_msg"}`, and every
 response carries `X-Request-Id`, so clients meet every documented shape.
 
-The server is `asyncio.start_server` in a background thread with its own event loop, and a
-minimal HTTP/1.1 parser: `Content-Length` bodies only, keep-alive and pipelining, 64 KiB of
-header, 1 MiB of body. Injected latency is an asyncio sleep, so slow requests hold no thread, and
-a request costs about half the CPU of `http.server` (a thread per connection, `email` parsing).
+This module is the API itself, independent of sockets (`handle` answers one request); the
+HTTP/1.1 server around it is `reconciler.emulator.server`.
+
+Authentication, as the API gateway does it, in three modes that can be combined:
+- default: any non-empty `X-Auth-Token` (or exactly `token` when one is given);
+- IAM (`iam_user`, `iam_password`, `iam_domain`): `POST /v3/auth/tokens` issues project-scoped
+  tokens for that one user (lasting `iam_token_ttl` seconds), and only an issued, unexpired token
+  of the request's project is accepted (besides `token`, if given);
+- AK/SK (`ak`, `sk`): a request with an `Authorization` header must carry a valid
+  `SDK-HMAC-SHA256` signature by that key pair, its `X-Sdk-Date` within 15 minutes of the
+  emulator's clock. A request without a signature is refused unless it carries a token that
+  `token` or IAM accepts (the gateway takes either kind of credential); with AK/SK alone, tokens
+  are refused.
+Refusals are 401 `APIGW.0301` (403 `APIGW.0302` for a token of another project), with a reason.
 
 Test hooks exist twice: as methods of `Emulator` (in-process) and over HTTP under `/_emulator/`
 (for an emulator run as a subprocess); those control endpoints need no token.
@@ -17,34 +27,32 @@ Test hooks exist twice: as methods of `Emulator` (in-process) and over HTTP unde
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import copy
+import functools
 import hmac
 import json
 import logging
 import os
 import random
 import re
-import signal
 import socket
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from email.utils import formatdate
-from http import HTTPStatus
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Self, TextIO, overload
+from types import TracebackType
+from typing import Any, Self, overload
 from urllib.parse import urlsplit
 
 from reconciler.desired import MAX_START_MS, MIN_START_MS, parse_start_datetime
-from reconciler.model import ReconcilerError
+from reconciler.emulator.server import REASONS, HttpServer, Reply, Request, refusal
+from reconciler.model import ReconcilerError, is_valid_id
+from reconciler.signer import DATE_FORMAT, verify
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ TASK_NOT_IN_PROJECT = ("FDI.3180", "The task does not belong to the project.")
 ALREADY_EXISTS = (INVALID, "The task already has a schedule.")
 NO_DISPATCH = ("FDI.3181", "The dispatch does not exist.")
 BAD_AUTH = ("APIGW.0301", "Incorrect IAM authentication information")
+NOT_AUTHORISED = ("APIGW.0302", "The IAM user is not authorized to access the API")
+WRONG_PASSWORD = "The username or password is wrong."  # noqa: S105  (a message)
+TOKENS_PATH = "/v3/auth/tokens"
+DEFAULT_TOKEN_TTL = 24 * 3600.0  # what IAM gives
+MAX_SKEW_SECONDS = 15 * 60  # how far X-Sdk-Date may be from the server's clock
 THROTTLED = ("APIGW.0308", "The throttling threshold has been reached")
 NO_API = ("APIGW.0101", "The API does not exist or has not been published in the environment")
 SERVER_ERROR = ("FDI.3000", "Internal server error.")
@@ -63,33 +76,25 @@ FAULTS = ("drop_after_create", "error_before_create", "throttle")  # and "status
 _POST_ONLY = frozenset({"drop_after_create", "error_before_create"})
 _DISPATCHES = re.compile(
     r"/v2/([^/]*)/fdi/instances/([^/]*)/tasks/([^/]*)/dispatches(?:/([^/]*))?/?")
-_MAX_HEAD = 64 << 10
-_MAX_BODY = 1 << 20
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP method or header name
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What to answer; `drop` closes the connection without answering."""
-
-    status: int = 200
-    body: Any = None
-    headers: tuple[tuple[str, str], ...] = ()
-    drop: bool = False
+_ACCESS = re.compile(r"SDK-HMAC-SHA256 Access=([^,\s]+), ")
 
 
 def _flat(status: int, error: tuple[str, str]) -> Reply:
     return Reply(status, {"error_code": error[0], "error_msg": error[1]})
 
 
-def _refusal(status: int, message: str) -> Reply:
-    """The emulator's own errors (not the API's): EMU.<status>."""
-    return Reply(status, {"error_code": f"EMU.{status}", "error_msg": message})
-
-
 def _wrapped(message: str, code: str = INVALID) -> Reply:
     return Reply(400, {"code": 400, "reason": {"error_code": code, "error_msg": message}})
+
+
+def _unauthorised(reason: str) -> Reply:
+    return Reply(401, {"error_code": BAD_AUTH[0], "error_msg": f"{BAD_AUTH[1]}: {reason}"})
+
+
+def _keystone(status: int, message: str) -> Reply:
+    """IAM's (OpenStack Keystone's) error body."""
+    return Reply(status, {"error": {"code": status, "message": message,
+                                    "title": REASONS.get(status, "")}})
 
 
 class _Invalid(Exception):
@@ -103,12 +108,29 @@ class _Fault:
     remaining: int
 
 
+@dataclass(frozen=True, slots=True)
+class _IamUser:
+    """The one IAM user the token endpoint knows."""
+
+    name: str
+    password: str = field(repr=False)
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    project_id: str
+    expires_at: float
+
+
 @dataclass(slots=True)
 class _Store:
     dispatches: dict[str, dict[str, Any]] = field(default_factory=dict)
     unknown_tasks: set[str] = field(default_factory=set)
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
     faults: list[_Fault] = field(default_factory=list)
+    tokens: dict[str, _Issued] = field(default_factory=dict)
+    iam: dict[str, int] = field(default_factory=lambda: {"issued": 0, "refused": 0})
 
 
 class Emulator:
@@ -119,14 +141,25 @@ class Emulator:
                  data: str | Path | None = None, token: str | None = None,
                  seed: int | None = None, drop_after_create_rate: float = 0.0,
                  error_before_create_rate: float = 0.0, throttle_rate: float = 0.0,
+                 ak: str | None = None, sk: str | None = None, iam_user: str | None = None,
+                 iam_password: str | None = None, iam_domain: str | None = None,
+                 iam_token_ttl: float = DEFAULT_TOKEN_TTL,
                  clock: Callable[[], float] = time.time) -> None:
         """`port` 0 picks a free port; rates are probabilities per request; `seed` makes the
-        faults and dispatch ids repeatable."""
+        faults and dispatch ids repeatable. `ak`/`sk` and the three `iam_*` credentials each
+        come together or not at all (ValueError otherwise); see the module's documentation."""
         self.host = host
         self.port = port
         self._latency = latency_ms / 1000
         self._data = Path(data) if data is not None else None
         self._token = token
+        self._aksk = _key_pair(ak, sk)
+        self._iam = _iam_user(iam_user, iam_password, iam_domain)
+        if not iam_token_ttl > 0:
+            raise ValueError("the lifetime of IAM tokens must be positive")
+        self._iam_ttl = iam_token_ttl
+        # The default, and the hot path: the only check is that a token is there.
+        self._any_token = token is None and self._aksk is None and self._iam is None
         self._rng = random.Random(seed)  # noqa: S311  (fault rolls and ids, not secrets)
         self._rates = {"drop_after_create": drop_after_create_rate,
                        "error_before_create": error_before_create_rate,
@@ -134,17 +167,14 @@ class Emulator:
         self._clock = clock
         self._lock = threading.Lock()
         self._store = _Store()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing: asyncio.Event | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._server: HttpServer | None = None
         self.url = ""
         self._load()
 
     def start(self) -> str:
         """Serve in a background thread; returns the base URL, e.g. `http://127.0.0.1:PORT`,
         once the server is listening (OSError if it cannot)."""
-        if self._thread is not None:
+        if self._server is not None:
             return self.url
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # Bound here, so errors reach the caller; a backlog of 128 takes 50+ clients at once.
@@ -152,23 +182,16 @@ class Emulator:
         port = listener.getsockname()[1]
         self.url = f"http://[{self.host}]:{port}" if ":" in self.host else \
             f"http://{self.host}:{port}"
-        started: Future[None] = Future()
-        thread = threading.Thread(target=self._run, args=(listener, started), name="emulator",
-                                  daemon=True)
-        thread.start()
-        started.result()  # raises what kept the server from starting
-        self._thread = thread
+        server = HttpServer(self, listener)
+        server.start()
+        self._server = server
         return self.url
 
     def stop(self) -> None:
         """Stop serving, close every open connection and wait for the server thread; idempotent."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        if self._loop is not None and self._closing is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has already ended
-                self._loop.call_soon_threadsafe(self._closing.set)
-        thread.join()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> Self:
         self.start()
@@ -237,16 +260,33 @@ class Emulator:
             self._store.unknown_tasks.add(key)
             self._save()
 
-    def handle(self, method: str, target: str, token: str | None, raw: bytes) -> Reply:
-        """Answer one request (`token`: its X-Auth-Token); independent of sockets.
+    def iam_calls(self) -> dict[str, int]:
+        """Token requests answered: `issued` and `refused` (wrong user, password or account)."""
+        with self._lock:
+            return dict(self._store.iam)
 
-        A dispatch request is counted, then waits the latency, then is answered; the server
-        runs the same two steps but awaits the latency instead of sleeping.
-        """
-        path, match = self._arrive(method, target)
-        if match is not None and self._latency:
-            time.sleep(self._latency)
-        return self._respond(method, path, match, token, raw)
+    def handle(self, method: str, target: str, token: str | None = None, raw: bytes = b"", *,
+               headers: Mapping[str, str] | None = None) -> Reply:
+        """Answer one request (`token`: its X-Auth-Token, else taken from `headers`);
+        independent of sockets: what the server does, with the latency slept here."""
+        fields = {name.lower(): value for name, value in (headers or {}).items()}
+        if token is not None:
+            fields["x-auth-token"] = token
+        delay, answer = self.receive(Request(method, target, fields, len(raw), ""), raw)
+        if delay:
+            time.sleep(delay)
+        return answer()
+
+    def receive(self, request: Request, body: bytes) -> tuple[float, Callable[[], Reply]]:
+        """A request has arrived: a dispatch request is counted now, and answered after the
+        latency (by the returned function)."""
+        method = request.method
+        if method not in ("GET", "POST", "PUT", "DELETE"):
+            return 0.0, functools.partial(refusal, 501, f"unsupported method {method}")
+        path, match = self._arrive(method, request.target)
+        answer = functools.partial(self._respond, method, path, match, request.headers, body,
+                                   target=request.target)
+        return (self._latency if match is not None else 0.0), answer
 
     def _arrive(self, method: str, target: str) -> tuple[str, re.Match[str] | None]:
         """The request's path and, for a dispatch request (counted here), its match."""
@@ -262,18 +302,24 @@ class Emulator:
         return path, match
 
     def _respond(self, method: str, path: str, match: re.Match[str] | None,
-                 token: str | None, raw: bytes) -> Reply:
+                 headers: Mapping[str, str], raw: bytes, *, target: str) -> Reply:
+        """The answer to a request; `headers` has lower-case names, `target` is as received."""
         if path.startswith("/_emulator/"):
             try:
                 return self._control(method, path, raw)
             except (ValueError, TypeError, KeyError) as exc:
-                return _refusal(400, str(exc))
+                return refusal(400, str(exc))
         if match is None:
+            if path.rstrip("/") == TOKENS_PATH:
+                return self._issue_token(method, raw)
             return _flat(404, NO_API)
         project, instance, task, dispatch_id = match.groups()
         key = f"{project}/{instance}/{task}"
-        if not self._authorised(token):
-            return _flat(401, BAD_AUTH)
+        if self._any_token:
+            if not headers.get("x-auth-token"):
+                return _flat(401, BAD_AUTH)
+        elif (refused := self._refuse(method, target, headers, raw, project)) is not None:
+            return refused
         if (method, dispatch_id is None) not in (("GET", True), ("POST", True), ("PUT", False)):
             return _flat(404, NO_API)
         fault = self._take_fault(key, method, ("throttle", "error_before_create"), status=True)
@@ -283,7 +329,7 @@ class Emulator:
             return _flat(500, SERVER_ERROR)
         if fault is not None:
             code = int(fault.removeprefix("status:"))
-            return _refusal(code, "injected")
+            return refusal(code, "injected")
         if not task:
             return _wrapped(TASK_ID_EMPTY[1], TASK_ID_EMPTY[0])
         if not project or not instance:
@@ -356,14 +402,96 @@ class Emulator:
         if (method, route) == ("POST", "unknown-tasks"):
             self.mark_unknown_task(body["key"])
             return Reply(200, {})
-        return _refusal(404, f"no control endpoint {route}")
+        if (method, route) == ("GET", "iam"):
+            return Reply(200, self.iam_calls())
+        return refusal(404, f"no control endpoint {route}")
 
-    def _authorised(self, token: str | None) -> bool:
+    # -- authentication beyond "any token" -------------------------------------------------
+
+    def _refuse(self, method: str, target: str, headers: Mapping[str, str], raw: bytes,
+                project: str) -> Reply | None:
+        """Why the request is not authenticated, or None when it is."""
+        if self._aksk is not None and "authorization" in headers:
+            return self._check_signature(method, target, headers, raw)
+        token = headers.get("x-auth-token")
         if not token:
-            return False
-        if self._token is None:
-            return True
-        return hmac.compare_digest(token.encode(), self._token.encode())
+            if self._aksk is not None:
+                return _unauthorised("no signature (Authorization) and no token (X-Auth-Token)")
+            return _flat(401, BAD_AUTH)
+        if self._token is not None and hmac.compare_digest(token.encode(), self._token.encode()):
+            return None
+        if self._iam is not None:
+            return self._check_issued(token, project)
+        return _unauthorised("the token is not valid")
+
+    def _check_signature(self, method: str, target: str, headers: Mapping[str, str],
+                         raw: bytes) -> Reply | None:
+        assert self._aksk is not None
+        ak, sk = self._aksk
+        access = _ACCESS.match(headers["authorization"])
+        if access is None:
+            return _unauthorised("the Authorization header is not an SDK-HMAC-SHA256 signature")
+        if not hmac.compare_digest(access.group(1).encode(), ak.encode()):
+            return _unauthorised("the access key does not exist")  # never echo a key
+        now = self._clock()
+        try:
+            sent = datetime.strptime(headers.get("x-sdk-date", ""), DATE_FORMAT)
+        except ValueError:
+            return _unauthorised("the X-Sdk-Date header is missing or not YYYYMMDDTHHMMSSZ")
+        if abs(now - sent.replace(tzinfo=UTC).timestamp()) > MAX_SKEW_SECONDS:
+            return _unauthorised("the X-Sdk-Date header is more than 15 minutes away from the "
+                                 "server's time")
+        # The client signed the URL it sent: the Host header and the target as received.
+        url = f"http://{headers.get('host', '')}{target}" if target[:1] == "/" else target
+        if not verify(method, url, headers, raw, ak=ak, sk=sk, max_skew_seconds=MAX_SKEW_SECONDS,
+                      now=datetime.fromtimestamp(now, UTC)):
+            return _unauthorised("verify aksk signature fail")
+        return None
+
+    def _check_issued(self, token: str, project: str) -> Reply | None:
+        with self._lock:
+            issued = self._store.tokens.get(token)
+        if issued is None:
+            return _unauthorised("the token is not valid")
+        if issued.expires_at <= self._clock():
+            return _unauthorised("the token has expired")
+        if issued.project_id != project:
+            return Reply(403, {"error_code": NOT_AUTHORISED[0],
+                               "error_msg": f"{NOT_AUTHORISED[1]}: the token is scoped to "
+                                            "another project"})
+        return None
+
+    def _issue_token(self, method: str, raw: bytes) -> Reply:
+        """IAM's `POST /v3/auth/tokens` with a password identity and a project scope."""
+        if self._iam is None:
+            return refusal(404, "no IAM here: start the emulator with --iam-user, "
+                            "--iam-password and --iam-domain")
+        if method != "POST":
+            return _keystone(405, f"{method} is not allowed here")
+        try:
+            name, password, domain, project = _token_request(raw)
+        except _Invalid as exc:
+            return _keystone(400, str(exc))
+        user = self._iam
+        matches = [hmac.compare_digest(given.encode(), wanted.encode()) for given, wanted in
+                   ((name, user.name), (password, user.password), (domain, user.domain))]
+        now = self._clock()
+        with self._lock:
+            if not all(matches):
+                self._store.iam["refused"] += 1
+                return _keystone(401, WRONG_PASSWORD)
+            self._store.iam["issued"] += 1
+            tokens = self._store.tokens
+            for expired in [t for t, issued in tokens.items() if issued.expires_at <= now]:
+                del tokens[expired]
+            token = f"emu-{os.urandom(24).hex()}"
+            tokens[token] = _Issued(project, now + self._iam_ttl)
+        body = {"token": {
+            "methods": ["password"], "catalog": [],
+            "issued_at": _iso(now), "expires_at": _iso(now + self._iam_ttl),
+            "project": {"id": project, "name": project, "domain": {"name": domain}},
+            "user": {"name": name, "domain": {"name": domain}}}}
+        return Reply(201, body, (("X-Subject-Token", token),))
 
     def _take_fault(self, key: str, method: str, kinds: tuple[str, ...], *,
                     status: bool = False) -> str | None:
@@ -426,96 +554,6 @@ class Emulator:
                 os.unlink(tmp)
             raise
 
-    # The HTTP/1.1 server: asyncio streams in a thread with its own event loop.
-
-    def _run(self, listener: socket.socket, started: Future[None]) -> None:
-        try:
-            asyncio.run(self._serve(listener, started))
-        except Exception as exc:
-            if started.done():
-                log.exception("emulator: the server failed")
-            else:
-                started.set_exception(exc)
-        finally:
-            listener.close()
-
-    async def _serve(self, listener: socket.socket, started: Future[None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._closing = asyncio.Event()
-        # The stream limit is the header limit: readuntil() refuses to buffer more.
-        server = await asyncio.start_server(self._connection, sock=listener, limit=_MAX_HEAD)
-        started.set_result(None)
-        try:
-            await self._closing.wait()
-        finally:
-            server.close()
-            while self._connections:  # idle keep-alive ones included
-                for task in self._connections:
-                    task.cancel()
-                await asyncio.gather(*self._connections, return_exceptions=True)
-            await server.wait_closed()
-            await asyncio.sleep(0)  # let the closed transports release their sockets
-
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        # Answers leave in one write each; still, no Nagle delay may ever hold one back.
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while await self._exchange(reader, writer):
-                pass
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            # The client went away (maybe mid-request), or stop() cancelled us: ending
-            # normally also spares Python 3.11's stream callback a cancelled task.
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-
-    async def _exchange(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> bool:
-        """Read, answer and write one request; whether the connection stays open."""
-        try:
-            head = _parse_head(await reader.readuntil(b"\r\n\r\n"))
-        except (_BadRequest, asyncio.LimitOverrunError) as exc:
-            status, message = exc.args if isinstance(exc, _BadRequest) else \
-                (431, f"the header exceeds {_MAX_HEAD} bytes")
-            log.debug("emulator: refused a request: %d %s", status, message)
-            writer.write(_encode(_refusal(status, message), "close"))
-            # Half-close, then discard what the client still sends (for up to a second):
-            # closing with unread data would reset the connection and could lose the answer.
-            writer.write_eof()
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                async with asyncio.timeout(1):
-                    while await reader.read(1 << 16):
-                        pass
-            return False
-        raw = b""
-        if head.length:
-            if head.headers.get("expect", "").lower() == "100-continue":
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            raw = await reader.readexactly(head.length)
-        method, connection = head.method, head.connection
-        try:
-            if method not in ("GET", "POST", "PUT", "DELETE"):
-                reply = _refusal(501, f"unsupported method {method}")
-            else:
-                path, match = self._arrive(method, head.target)
-                if match is not None and self._latency:
-                    await asyncio.sleep(self._latency)  # holds no thread
-                reply = self._respond(method, path, match, head.headers.get("x-auth-token"), raw)
-        except Exception:
-            log.exception("emulator: %s %s failed", method, head.target)
-            reply, connection = _flat(500, SERVER_ERROR), "close"
-        log.debug("emulator: %s %s: %s", method, head.target, reply.status)
-        if reply.drop:
-            return False
-        writer.write(_encode(reply, connection, head_only=method == "HEAD"))
-        await writer.drain()
-        return connection != "close"
-
 
 def _validate(body: Mapping[str, Any]) -> dict[str, Any]:
     """The stored spec fields of a valid TaskDispatch; _Invalid naming the field otherwise."""
@@ -563,126 +601,58 @@ def _validate(body: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def _token_request(raw: bytes) -> tuple[str, str, str, str]:
+    """(user name, password, account name, project id) of a token request; _Invalid naming
+    the field otherwise. Only names identify the user and account here, and only a project id
+    the scope (IAM also takes ids and project names)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _Invalid("The request body must be a JSON object.") from None
+    methods = _member(body, "auth.identity.methods", list)
+    if "password" not in methods:
+        raise _Invalid('auth.identity.methods must contain "password".')
+    user = "auth.identity.password.user"
+    name, password = _member(body, f"{user}.name", str), _member(body, f"{user}.password", str)
+    domain = _member(body, f"{user}.domain.name", str)
+    project = _member(body, "auth.scope.project.id", str)
+    if not is_valid_id(project):
+        raise _Invalid("auth.scope.project.id must be 1-64 of [A-Za-z0-9_-].")
+    return name, password, domain, project
+
+
+def _member(obj: Any, path: str, kind: type) -> Any:
+    for name in path.split("."):
+        obj = obj.get(name) if isinstance(obj, dict) else None
+    if not isinstance(obj, kind) or not obj:
+        what = "a non-empty string" if kind is str else "a non-empty list"
+        raise _Invalid(f"{path} must be {what}.")
+    return obj
+
+
+def _iso(moment: float) -> str:
+    """IAM's time format: `2020-01-04T09:05:22.701000Z`."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _key_pair(ak: str | None, sk: str | None) -> tuple[str, str] | None:
+    if ak is None and sk is None:
+        return None
+    if not ak or not sk:
+        raise ValueError("an AK needs its SK and the other way round (both non-empty)")
+    return ak, sk
+
+
+def _iam_user(name: str | None, password: str | None, domain: str | None) -> _IamUser | None:
+    if name is None and password is None and domain is None:
+        return None
+    if not name or not password or not domain:
+        raise ValueError("the IAM user needs a name, a password and an account (domain) name")
+    return _IamUser(name, password, domain)
+
+
 def _split_key(key: str) -> tuple[str, str, str]:
     parts = key.split("/") if isinstance(key, str) else []
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"invalid key {key!r}: expected PROJECT_ID/INSTANCE_ID/TASK_ID")
     return parts[0], parts[1], parts[2]
-
-
-class _BadRequest(Exception):
-    """A request refused before the API sees it: (status, message); the connection closes."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Head:
-    method: str
-    target: str
-    headers: dict[str, str]  # names lower-cased; repeated fields joined with ", "
-    length: int
-    connection: str  # the answer's Connection header: "close", "keep-alive" or "" (none)
-
-
-def _parse_head(head: bytes) -> _Head:
-    """The request line and header fields of `head` (ending with CRLF CRLF); _BadRequest if
-    malformed (400), chunked (411), with too large a body (413) or not HTTP/1.x (505)."""
-    text = head.decode("latin-1").lstrip("\r\n")  # empty lines before a request are allowed
-    request_line, *fields = text[:-4].split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
-        raise _BadRequest(400, f"malformed request line {request_line[:100]!r}")
-    method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise _BadRequest(505 if re.fullmatch(r"HTTP/[0-9.]+", version) else 400,
-                          f"unsupported protocol {version[:20]!r}")
-    headers: dict[str, str] = {}
-    for line in fields:
-        name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
-            raise _BadRequest(400, f"malformed header field {line[:100]!r}")
-        name, value = name.lower(), value.strip(" \t")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    if "transfer-encoding" in headers:
-        raise _BadRequest(411, "Transfer-Encoding is not supported: send a Content-Length")
-    length = headers.get("content-length", "0")
-    if not (length.isascii() and length.isdigit()):  # so are repeated, differing values
-        raise _BadRequest(400, "bad Content-Length")
-    digits = length.lstrip("0") or "0"
-    if len(digits) > 9 or int(digits) > _MAX_BODY:
-        raise _BadRequest(413, f"the body exceeds {_MAX_BODY} bytes")
-    tokens = {token.strip() for token in headers.get("connection", "").lower().split(",")}
-    keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
-    connection = "close" if not keep else "" if version == "HTTP/1.1" else "keep-alive"
-    if target.startswith("//"):  # a path, not an authority (as http.server reads it)
-        target = "/" + target.lstrip("/")
-    return _Head(method, target, headers, int(digits), connection)
-
-
-_date = (0, "")
-
-
-def _encode(reply: Reply, connection: str, *, head_only: bool = False) -> bytes:
-    """The whole answer in one buffer, so it leaves in one write."""
-    global _date  # noqa: PLW0603  (a per-second cache; a race only formats it twice)
-    if _date[0] != (now := int(time.time())):
-        _date = (now, formatdate(now, usegmt=True))
-    data = json.dumps(reply.body if reply.body is not None else {}).encode()
-    head = (f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, '')}\r\n"
-            f"Server: reconciler-emulator\r\nDate: {_date[1]}\r\n"
-            "Content-Type: application/json;charset=UTF-8\r\n"
-            f"Content-Length: {len(data)}\r\nX-Request-Id: {os.urandom(16).hex()}\r\n")
-    head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-    if connection:
-        head += f"Connection: {connection}\r\n"
-    return (head + "\r\n").encode("latin-1") + (b"" if head_only else data)
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `reconciler emulator`."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8787, help="port (0: pick a free one)")
-    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
-                        help="added latency per request")
-    parser.add_argument("--data", metavar="FILE", help="persist dispatches in this JSON file")
-    parser.add_argument("--token", help="accept only this X-Auth-Token (default: any non-empty)")
-    parser.add_argument("--seed", type=int, help="seed for fault injection and ids")
-    for fault in ("drop-after-create", "error-before-create", "throttle"):
-        parser.add_argument(f"--{fault}-rate", type=_rate, default=0.0, metavar="P",
-                            help=f"probability of the {fault.replace('-', ' ')} fault")
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def run_from_args(args: argparse.Namespace, out: TextIO) -> int:
-    """Serve until interrupted (Ctrl-C or SIGTERM); prints the URL first."""
-    emulator = Emulator(host=args.host, port=args.port, latency_ms=args.latency_ms,
-                        data=args.data, token=args.token, seed=args.seed,
-                        drop_after_create_rate=args.drop_after_create_rate,
-                        error_before_create_rate=args.error_before_create_rate,
-                        throttle_rate=args.throttle_rate)
-    try:
-        url = emulator.start()
-    except OSError as exc:
-        raise ReconcilerError(f"emulator: cannot listen on {args.host}:{args.port}: "
-                              f"{exc.strerror or exc}") from None
-    print(f"emulator listening on {url} (Ctrl-C to stop)", file=out, flush=True)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        emulator.stop()
-    return 0

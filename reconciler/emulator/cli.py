@@ -1,0 +1,77 @@
+"""`reconciler emulator`: its options, and serving until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+from typing import TextIO
+
+from reconciler.emulator.api import DEFAULT_TOKEN_TTL, Emulator
+from reconciler.model import ReconcilerError
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `reconciler emulator`."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8787, help="port (0: pick a free one)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
+                        help="added latency per request")
+    parser.add_argument("--data", metavar="FILE", help="persist dispatches in this JSON file")
+    parser.add_argument("--token", help="accept only this X-Auth-Token (default: any non-empty)")
+    parser.add_argument("--seed", type=int, help="seed for fault injection and ids")
+    parser.add_argument("--ak", help="verify AK/SK signatures by this access key (with --sk)")
+    parser.add_argument("--sk", help="the secret key of --ak (a test value: it shows in ps)")
+    parser.add_argument("--iam-user", metavar="NAME",
+                        help="serve POST /v3/auth/tokens for this IAM user (with --iam-password "
+                        "and --iam-domain) and accept only the tokens it issues")
+    parser.add_argument("--iam-password", metavar="PASSWORD", help="the IAM user's password")
+    parser.add_argument("--iam-domain", metavar="NAME", help="the IAM user's account name")
+    parser.add_argument("--iam-token-ttl", type=float, default=DEFAULT_TOKEN_TTL,
+                        metavar="SECONDS", help="lifetime of issued tokens (default: 24 h)")
+    for fault in ("drop-after-create", "error-before-create", "throttle"):
+        parser.add_argument(f"--{fault}-rate", type=_rate, default=0.0, metavar="P",
+                            help=f"probability of the {fault.replace('-', ' ')} fault")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_from_args(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve until interrupted (Ctrl-C or SIGTERM); prints the URL first."""
+    try:
+        emulator = Emulator(host=args.host, port=args.port, latency_ms=args.latency_ms,
+                            data=args.data, token=args.token, seed=args.seed,
+                            drop_after_create_rate=args.drop_after_create_rate,
+                            error_before_create_rate=args.error_before_create_rate,
+                            throttle_rate=args.throttle_rate, ak=args.ak, sk=args.sk,
+                            iam_user=args.iam_user, iam_password=args.iam_password,
+                            iam_domain=args.iam_domain, iam_token_ttl=args.iam_token_ttl)
+    except ValueError as exc:
+        raise ReconcilerError(f"emulator: {exc}") from None
+    try:
+        url = emulator.start()
+    except OSError as exc:
+        raise ReconcilerError(f"emulator: cannot listen on {args.host}:{args.port}: "
+                              f"{exc.strerror or exc}") from None
+    print(f"emulator listening on {url} (Ctrl-C to stop)", file=out, flush=True)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        emulator.stop()
+    return 0

@@ -1,0 +1,249 @@
+"""The emulator's HTTP/1.1 server: `asyncio.start_server` in a background thread.
+
+A minimal HTTP/1.1 server rather than `http.server`: the emulator is the far end of the apply and
+refresh benchmarks, on the same 2 cores as the client, so its CPU per request bounds them.
+`http.server` (a thread per connection, `email` header parsing) costs about twice the CPU per
+request of this; with asyncio streams the emulator answers 1,000 requests from 50 clients with
+about 0.2 s of CPU here (`python bench/apply.py`, and bench/refresh.py). Injected latency is an
+asyncio sleep, so a slow request holds no thread.
+
+What it speaks: `Content-Length` bodies only (chunked requests get 411), keep-alive and
+pipelining, `Expect: 100-continue`, 64 KiB of header, 1 MiB of body. A malformed request is
+answered 4xx/5xx with `Connection: close`, after which the connection is half-closed and what the
+client still sends is discarded for up to a second: closing with unread data would reset the
+connection and could destroy the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Protocol
+
+log = logging.getLogger("reconciler.emulator")
+
+MAX_HEAD = 64 << 10
+MAX_BODY = 1 << 20
+REASONS = {status.value: status.phrase for status in HTTPStatus}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP method or header name
+_DISCARD_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What to answer; `drop` closes the connection without answering."""
+
+    status: int = 200
+    body: Any = None
+    headers: tuple[tuple[str, str], ...] = ()
+    drop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]  # names lower-cased; repeated fields joined with ", "
+    length: int
+    connection: str  # the answer's Connection header: "close", "keep-alive" or "" (none)
+
+
+class Application(Protocol):
+    def receive(self, request: Request, body: bytes) -> tuple[float, Callable[[], Reply]]:
+        """On arrival: how long to wait before answering, and what computes the answer."""
+
+
+class BadRequest(Exception):
+    """A request refused before the application sees it: (status, message)."""
+
+
+def refusal(status: int, message: str) -> Reply:
+    """The emulator's own errors (not the API's): EMU.<status>."""
+    return Reply(status, {"error_code": f"EMU.{status}", "error_msg": message})
+
+
+class HttpServer:
+    """Serves `app` on `listener` from a thread of its own until `stop()`."""
+
+    def __init__(self, app: Application, listener: socket.socket) -> None:
+        self._app = app
+        self._listener = listener
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing: asyncio.Event | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        """Serve in a background thread; returns once the server is accepting."""
+        started: Future[None] = Future()
+        thread = threading.Thread(target=self._run, args=(started,), name="emulator",
+                                  daemon=True)
+        thread.start()
+        started.result()  # raises what kept the server from starting
+        self._thread = thread
+
+    def stop(self) -> None:
+        """Stop serving, close every open connection and wait for the thread; idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        if self._loop is not None and self._closing is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                self._loop.call_soon_threadsafe(self._closing.set)
+        thread.join()
+
+    def _run(self, started: Future[None]) -> None:
+        try:
+            asyncio.run(self._serve(started))
+        except Exception as exc:
+            if started.done():
+                log.exception("emulator: the server failed")
+            else:
+                started.set_exception(exc)
+        finally:
+            self._listener.close()
+
+    async def _serve(self, started: Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = asyncio.Event()
+        # The stream limit is the header limit: readuntil() refuses to buffer more.
+        server = await asyncio.start_server(self._connection, sock=self._listener,
+                                            limit=MAX_HEAD)
+        started.set_result(None)
+        try:
+            await self._closing.wait()
+        finally:
+            server.close()
+            while self._connections:  # idle keep-alive ones included
+                for task in self._connections:
+                    task.cancel()
+                await asyncio.gather(*self._connections, return_exceptions=True)
+            await server.wait_closed()
+            await asyncio.sleep(0)  # let the closed transports release their sockets
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        # Answers leave in one write each; still, no Nagle delay may ever hold one back.
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while await self._exchange(reader, writer):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            # The client went away (maybe mid-request), or stop() cancelled us: ending
+            # normally also spares Python 3.11's stream callback a cancelled task.
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _exchange(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> bool:
+        """Read, answer and write one request; whether the connection stays open."""
+        try:
+            request = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        except (BadRequest, asyncio.LimitOverrunError) as exc:
+            status, message = exc.args if isinstance(exc, BadRequest) else \
+                (431, f"the header exceeds {MAX_HEAD} bytes")
+            log.debug("emulator: refused a request: %d %s", status, message)
+            writer.write(encode(refusal(status, message), "close"))
+            # Half-close, then discard what the client still sends (for up to a second):
+            # closing with unread data would reset the connection and could lose the answer.
+            writer.write_eof()
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(_DISCARD_SECONDS):
+                    while await reader.read(1 << 16):
+                        pass
+            return False
+        body = b""
+        if request.length:
+            if request.headers.get("expect", "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = await reader.readexactly(request.length)
+        connection = request.connection
+        try:
+            delay, answer = self._app.receive(request, body)
+            if delay > 0:
+                await asyncio.sleep(delay)  # holds no thread
+            reply = answer()
+        except Exception:
+            log.exception("emulator: %s %s failed", request.method, request.target)
+            reply, connection = _server_error(), "close"
+        log.debug("emulator: %s %s: %s", request.method, request.target, reply.status)
+        if reply.drop:
+            return False
+        writer.write(encode(reply, connection, head_only=request.method == "HEAD"))
+        await writer.drain()
+        return connection != "close"
+
+
+def _server_error() -> Reply:
+    return Reply(500, {"error_code": "FDI.3000", "error_msg": "Internal server error."})
+
+
+def parse_head(head: bytes) -> Request:
+    """The request line and header fields of `head` (ending with CRLF CRLF); BadRequest if
+    malformed (400), chunked (411), with too large a body (413) or not HTTP/1.x (505)."""
+    text = head.decode("latin-1").lstrip("\r\n")  # empty lines before a request are allowed
+    request_line, *fields = text[:-4].split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
+        raise BadRequest(400, f"malformed request line {request_line[:100]!r}")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(505 if re.fullmatch(r"HTTP/[0-9.]+", version) else 400,
+                         f"unsupported protocol {version[:20]!r}")
+    headers: dict[str, str] = {}
+    for line in fields:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
+            raise BadRequest(400, f"malformed header field {line[:100]!r}")
+        name, value = name.lower(), value.strip(" \t")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if "transfer-encoding" in headers:
+        raise BadRequest(411, "Transfer-Encoding is not supported: send a Content-Length")
+    length = headers.get("content-length", "0")
+    if not (length.isascii() and length.isdigit()):  # so are repeated, differing values
+        raise BadRequest(400, "bad Content-Length")
+    digits = length.lstrip("0") or "0"
+    if len(digits) > 9 or int(digits) > MAX_BODY:
+        raise BadRequest(413, f"the body exceeds {MAX_BODY} bytes")
+    tokens = {token.strip() for token in headers.get("connection", "").lower().split(",")}
+    keep = "close" not in tokens and (version == "HTTP/1.1" or "keep-alive" in tokens)
+    connection = "close" if not keep else "" if version == "HTTP/1.1" else "keep-alive"
+    if target.startswith("//"):  # a path, not an authority (as http.server reads it)
+        target = "/" + target.lstrip("/")
+    return Request(method, target, headers, int(digits), connection)
+
+
+_date = (0, "")
+
+
+def encode(reply: Reply, connection: str, *, head_only: bool = False) -> bytes:
+    """The whole answer in one buffer, so it leaves in one write."""
+    global _date  # noqa: PLW0603  (a per-second cache; a race only formats it twice)
+    if _date[0] != (now := int(time.time())):
+        _date = (now, formatdate(now, usegmt=True))
+    data = json.dumps(reply.body if reply.body is not None else {}).encode()
+    head = (f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, '')}\r\n"
+            f"Server: reconciler-emulator\r\nDate: {_date[1]}\r\n"
+            "Content-Type: application/json;charset=UTF-8\r\n"
+            f"Content-Length: {len(data)}\r\nX-Request-Id: {os.urandom(16).hex()}\r\n")
+    head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+    if connection:
+        head += f"Connection: {connection}\r\n"
+    return (head + "\r\n").encode("latin-1") + (b"" if head_only else data)

@@ -1,0 +1,51 @@
+"""Error bodies of Huawei Cloud APIs turned into one line: (code, message, request id).
+
+The dispatch API answers `{"error_code", "error_msg"}`, wrapped in `{"code", "reason": {...}}`
+for 400s; IAM (Keystone) answers `{"error": {"code", "message", "title"}}`. Server text is
+cleaned of control characters and cut, since it ends up on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]:
+    """(error code, message, request id) from any of the error body shapes."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    code = message = request_id = None
+    if isinstance(data, dict):
+        inner = next((data[k] for k in ("error", "reason") if isinstance(data.get(k), dict)),
+                     data)
+        raw_code = inner.get("error_code") or inner.get("code")
+        # Keystone's `code` repeats the HTTP status; Huawei's codes look like IAM.0001.
+        code = clean(raw_code, 64) if isinstance(raw_code, str) and not raw_code.isdigit() \
+            else None
+        message = clean(inner.get("error_msg") or inner.get("message"), 512)
+        request_id = clean(data.get("request_id") or inner.get("request_id"), 64)
+    if not message:
+        phrase = response.reason_phrase or "error"
+        snippet = "" if isinstance(data, dict) else clean(response.text, 200)
+        message = f"{phrase}: {snippet}" if snippet else phrase
+    return code, message, request_id or clean(response.headers.get("X-Request-Id"), 64)
+
+
+def clean(value: object, limit: int) -> str | None:
+    """Server text made safe for one terminal line; None when empty or not a string."""
+    if not isinstance(value, str):
+        return None
+    text = _CONTROL.sub(" ", value).strip()[:limit].strip()
+    return text or None
+
+
+def short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
