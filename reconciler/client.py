@@ -11,31 +11,33 @@ What it promises:
   can resolve it, with a GET of the task, before anything is retried.
 - Every failure is an `ApiError` with one printable line: status, error code, message, request id.
   Secrets never appear in messages, reprs or logs; request headers are never logged.
-- Thread-safe: each thread gets its own `httpx.Client` with a small pool, because one shared pool
-  degrades badly at ~50 concurrent requests.
+- Asynchronous: one event loop drives every request in flight over the keep-alive connections of
+  `reconciler.aiotransport`; a thread per request would spend more CPU on the GIL than on HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
 import math
 import random
 import re
-import threading
+import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
 from reconciler import __version__
+from reconciler.aiotransport import async_for_endpoint
 from reconciler.auth import Auth
 from reconciler.desired import parse_start_datetime
+from reconciler.errorbody import clean, error_fields, short
 from reconciler.model import DispatchKey, ReconcilerError, RemoteDispatch, Spec, is_valid_id
-from reconciler.transport import for_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,9 @@ CONTENT_TYPE = "application/json;charset=UTF-8"
 TASK_NOT_IN_PROJECT = "FDI.3180"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _REGION = re.compile(r"[a-z0-9-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _SECRET_HEADERS = ("x-auth-token", "authorization")
-# One worker thread sends one request at a time; the second slot covers a connection the server
-# is closing while a new one opens.
 _DEFAULT_HEADERS = {"Accept": "application/json", "User-Agent": f"reconciler/{__version__}"}
+_POST_HEADERS = {**_DEFAULT_HEADERS, "Content-Type": CONTENT_TYPE}
 # Raised before a byte of the request reached the server: even a POST may be sent again.
 _NOT_SENT: tuple[type[Exception], ...] = (
     httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
@@ -86,27 +86,34 @@ class OutcomeUnknown(ApiError):
 
 
 class DispatchClient:
-    """Create, show and update the dispatch of a task. Safe to share between threads."""
+    """Create, show and update the dispatch of a task, from coroutines of one event loop.
+
+    The client itself holds settings only; `async with client:` opens its connections in the
+    running loop and closes them at the end, so one client serves several `asyncio.run` calls
+    (a refresh, then an apply) without carrying sockets from one loop into another.
+    """
 
     def __init__(
         self,
         endpoint: str,
         auth: Auth,
         *,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         max_retries: int = 4,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         self._auth = auth
-        self._transport = transport
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._given = transport
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._depth = 0
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout).as_dict()
         self._connect_timeout = connect_timeout
         self._read_timeout = timeout
         self._max_retries = max(0, max_retries)
@@ -115,12 +122,7 @@ class DispatchClient:
         self._sleep = sleep
         self._rand = rand
         self._clock = clock
-        # One verifying TLS context for all threads' clients: building one costs ~50 ms, which
-        # at 50 workers would delay the first requests by seconds.
-        self._ssl_context = httpx.create_ssl_context()
-        self._local = threading.local()
-        self._transports: dict[threading.Thread, httpx.BaseTransport] = {}
-        self._lock = threading.Lock()
+        self._ssl_context: ssl.SSLContext | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -129,23 +131,39 @@ class DispatchClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
-        """Close every thread's connections; later calls raise ReconcilerError."""
-        with self._lock:
-            self._closed = True
-            transports, self._transports = self._transports, {}
-        for transport in transports.values():
-            transport.close()
+        """Refuse further use; connections are closed by the `async with` that opened them."""
+        self._closed = True
 
-    def show(self, key: DispatchKey) -> RemoteDispatch | None:
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise ReconcilerError("the API client is closed")
+        if self._depth == 0:
+            self._transport = self._given or async_for_endpoint(
+                self._endpoint, self._verifying_context(), self._connect_timeout,
+                self._read_timeout)
+        self._depth += 1
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            transport, self._transport = self._transport, None
+            if transport is not None and transport is not self._given:
+                await transport.aclose()
+
+    def _verifying_context(self) -> ssl.SSLContext:
+        # Built once (~50 ms) and shared by every connection and every loop.
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    async def show(self, key: DispatchKey) -> RemoteDispatch | None:
         """The task's dispatch, or None when the task has none.
 
         None for a 200 without `dispatch_id` (or empty) and for a 404 carrying an error code other
@@ -153,7 +171,7 @@ class DispatchClient:
         does a 404 without an API error code or with a gateway (`APIGW.*`) one: that is a wrong
         endpoint, not a missing dispatch.
         """
-        response = self._call("GET", key, _path(key, "GET"), None)
+        response = await self._call("GET", key, _path(key, "GET"), None)
         if response.status_code == 404:
             error = self._error(response, "GET", key)
             if error.code and error.code != TASK_NOT_IN_PROJECT and not error.code.startswith(
@@ -172,9 +190,9 @@ class DispatchClient:
         except ValueError as exc:
             raise self._bad_response(response, "GET", key, str(exc), ApiError) from None
 
-    def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
+    async def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
         """POST the spec. Raises OutcomeUnknown when the dispatch may or may not exist now."""
-        response = self._call("POST", key, _path(key, "POST"), spec.body())
+        response = await self._call("POST", key, _path(key, "POST"), spec.body())
         if not response.is_success:
             raise self._error(response, "POST", key)
         try:
@@ -182,12 +200,13 @@ class DispatchClient:
         except ValueError as exc:
             raise self._bad_response(response, "POST", key, str(exc), OutcomeUnknown) from None
 
-    def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
+    async def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
         """PUT the spec onto the existing dispatch `dispatch_id` of the task."""
         if not is_valid_id(dispatch_id):
-            raise ApiError(f"invalid dispatch_id {_short(dispatch_id)}: expected 1-64 of "
+            raise ApiError(f"invalid dispatch_id {short(dispatch_id)}: expected 1-64 of "
                            "[A-Za-z0-9_-]", method="PUT", key=key)
-        response = self._call("PUT", key, f"{_path(key, 'PUT')}/{dispatch_id}", spec.body())
+        response = await self._call("PUT", key, f"{_path(key, 'PUT')}/{dispatch_id}",
+                                    spec.body())
         if not response.is_success:
             raise self._error(response, "PUT", key)
         try:
@@ -195,31 +214,23 @@ class DispatchClient:
         except ValueError as exc:
             raise self._bad_response(response, "PUT", key, str(exc), ApiError) from None
 
-    def _thread_transport(self) -> httpx.BaseTransport:
-        """The transport this thread sends through: the given one, or its own connection.
-
-        Requests go straight to a transport rather than through httpx.Client, whose cookie
-        jar, URL merging and auth flow cost more CPU per request than the HTTP exchange
-        itself here, and which this client does not use.
-        """
-        if self._transport is not None:
-            return self._transport
-        transport: httpx.BaseTransport | None = getattr(self._local, "transport", None)
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """One exchange, the body read. Requests go straight to the transport rather than
+        through httpx.AsyncClient, whose cookie jar, URL merging and auth flow cost more CPU
+        per request than the exchange itself here, and which this client does not use."""
+        transport = self._transport
         if transport is None:
-            with self._lock:
-                if self._closed:
-                    raise ReconcilerError("the API client is closed")
-                # Threads of finished pools would otherwise keep their connections open.
-                for thread in [t for t in self._transports if not t.is_alive()]:
-                    self._transports.pop(thread).close()
-                transport = for_endpoint(self._endpoint, self._ssl_context,
-                                         self._connect_timeout, self._read_timeout)
-                self._transports[threading.current_thread()] = transport
-            self._local.transport = transport
-        return transport
+            raise ReconcilerError("the API client is used outside `async with client`")
+        response = await transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
-    def _call(self, method: str, key: DispatchKey, path: str,
-              body: Mapping[str, Any] | None) -> httpx.Response:
+    async def _call(self, method: str, key: DispatchKey, path: str,
+                    body: Mapping[str, Any] | None) -> httpx.Response:
         """Send with retries; returns the final response unless the retries ran out.
 
         Returns any response that is not retried (2xx, 4xx other than 429, ...); raises ApiError
@@ -227,26 +238,20 @@ class DispatchClient:
         """
         content = None if body is None else json.dumps(
             body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {"Content-Type": CONTENT_TYPE} if content is not None else {}
+        headers = _POST_HEADERS if content is not None else _DEFAULT_HEADERS
         attempt = 0
+        renewed = False
         url = self._endpoint + path
         while True:
             if self._closed:
                 raise ReconcilerError("the API client is closed")
-            transport = self._thread_transport()
-            request = httpx.Request(method, url, content=content,
-                                    headers={**_DEFAULT_HEADERS, **headers},
-                                    extensions={"timeout": self._timeout.as_dict()})
+            request = httpx.Request(method, url, content=content, headers=headers,
+                                    extensions={"timeout": self._timeout})
             self._auth.apply(request)
             started = time.monotonic()
             delay: float | None = None
             try:
-                response = transport.handle_request(request)
-                response.request = request
-                try:
-                    response.read()
-                finally:
-                    response.close()
+                response = await self._send(request)
             except _LOCAL as exc:
                 raise ApiError(_describe(exc, request), method=method, key=key) from None
             except _NOT_SENT as exc:
@@ -260,8 +265,14 @@ class DispatchClient:
                 error = ApiError(_describe(exc, request), method=method, key=key)
             else:
                 status = response.status_code
-                log.debug("%s %s -> %d in %.3fs", method, request.url.path, status,
-                          time.monotonic() - started)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s -> %d in %.3fs", method, request.url.path, status,
+                              time.monotonic() - started)
+                if status == 401 and not renewed and self._auth.invalidate(request):
+                    # A revoked token, renewed: the gateway refused the request before the API
+                    # saw it, so even a POST may be sent again, once.
+                    renewed = True
+                    continue
                 if status != 429 and status < 500:
                     return response
                 if method == "POST" and status != 429:
@@ -276,7 +287,7 @@ class DispatchClient:
             attempt += 1
             log.warning("%s %s: %s; retry %d of %d in %.2fs", method, key, error, attempt,
                         self._max_retries, delay)
-            self._sleep(delay)
+            await self._sleep(delay)
 
     def _retry_after(self, value: str | None) -> float | None:
         """Seconds from a `Retry-After` header (delta seconds or an HTTP date), capped."""
@@ -297,11 +308,10 @@ class DispatchClient:
 
     def _error(self, response: httpx.Response, method: str, key: DispatchKey,
                cls: type[ApiError] = ApiError) -> ApiError:
-        code, message, request_id = _error_fields(response)
+        code, message, request_id = error_fields(response)
         status = response.status_code
         if status in (401, 403):
-            message += ("; check the credentials (RECONCILER_TOKEN: is the IAM token valid, "
-                        "unexpired and scoped to this project?)")
+            message += f"; {self._auth.refused_hint}"
         elif status == 404 and code == TASK_NOT_IN_PROJECT:
             message = (f"task {key.task_id} is not in project {key.project_id} "
                        f"(instance {key.instance_id}): {message}")
@@ -317,7 +327,7 @@ class DispatchClient:
             message += "; the dispatch may or may not have been created"
         return cls(_redact(message, response.request), method=method, key=key,
                    status=response.status_code,
-                   request_id=_clean(response.headers.get("X-Request-Id"), 64))
+                   request_id=clean(response.headers.get("X-Request-Id"), 64))
 
 
 def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:
@@ -329,7 +339,7 @@ def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:
     """
     dispatch_id = obj.get("dispatch_id")
     if not isinstance(dispatch_id, str) or not is_valid_id(dispatch_id):
-        raise ValueError(f"malformed dispatch_id {_short(dispatch_id)}")
+        raise ValueError(f"malformed dispatch_id {short(dispatch_id)}")
     fields = dict(obj)
     quartz = obj.get("use_quartz_cron")
     if isinstance(quartz, bool):
@@ -360,7 +370,7 @@ def endpoint_for(endpoint: str | None, region: str | None) -> str:
         return _checked_endpoint(endpoint.strip())
     if region:
         if not _REGION.fullmatch(region):
-            raise ReconcilerError(f"invalid region {_short(region)}: expected lower-case letters, "
+            raise ReconcilerError(f"invalid region {short(region)}: expected lower-case letters, "
                                   "digits and '-' (e.g. cn-north-4)")
         return f"https://roma.{region}.myhuaweicloud.com"
     raise ReconcilerError("no API endpoint: set `region` (or RECONCILER_REGION), or `endpoint` "
@@ -371,16 +381,16 @@ def _checked_endpoint(text: str) -> str:
     try:
         url = httpx.URL(text)
     except httpx.InvalidURL:
-        raise ReconcilerError(f"invalid endpoint {_short(text)}: not a URL") from None
+        raise ReconcilerError(f"invalid endpoint {short(text)}: not a URL") from None
     if url.userinfo:
         # Never echo it: the user part may hold a password.
         raise ReconcilerError("invalid endpoint: it must not contain user information (user@)")
     if url.scheme not in ("http", "https") or not url.host:
-        raise ReconcilerError(f"invalid endpoint {_short(text)}: expected https://HOST[:PORT]")
+        raise ReconcilerError(f"invalid endpoint {short(text)}: expected https://HOST[:PORT]")
     if url.query or url.fragment:
-        raise ReconcilerError(f"invalid endpoint {_short(text)}: no query or fragment allowed")
+        raise ReconcilerError(f"invalid endpoint {short(text)}: no query or fragment allowed")
     if url.scheme == "http" and url.host not in LOOPBACK_HOSTS:
-        raise ReconcilerError(f"invalid endpoint {_short(text)}: https is required "
+        raise ReconcilerError(f"invalid endpoint {short(text)}: https is required "
                               "(plain http only for 127.0.0.1, ::1 or localhost)")
     return text.rstrip("/")
 
@@ -389,7 +399,7 @@ def _path(key: DispatchKey, method: str) -> str:
     for name in ("project_id", "instance_id", "task_id"):
         value = getattr(key, name)
         if not is_valid_id(value):
-            raise ApiError(f"invalid {name} {_short(value)}: expected 1-64 of [A-Za-z0-9_-]",
+            raise ApiError(f"invalid {name} {short(value)}: expected 1-64 of [A-Za-z0-9_-]",
                            method=method, key=key)
     return (f"/v2/{key.project_id}/fdi/instances/{key.instance_id}"
             f"/tasks/{key.task_id}/dispatches")
@@ -405,34 +415,6 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return obj
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]:
-    """(error code, message, request id) from any of the API's error body shapes."""
-    try:
-        data = json.loads(response.content)
-    except ValueError:
-        data = None
-    code = message = request_id = None
-    if isinstance(data, dict):
-        reason = data.get("reason")
-        inner = reason if isinstance(reason, dict) else data
-        code = _clean(inner.get("error_code"), 64)
-        message = _clean(inner.get("error_msg"), 512)
-        request_id = _clean(data.get("request_id") or inner.get("request_id"), 64)
-    if not message:
-        phrase = response.reason_phrase or "error"
-        snippet = "" if isinstance(data, dict) else _clean(response.text, 200)
-        message = f"{phrase}: {snippet}" if snippet else phrase
-    return code, message, request_id or _clean(response.headers.get("X-Request-Id"), 64)
-
-
-def _clean(value: object, limit: int) -> str | None:
-    """Server text made safe for one terminal line; None when empty or not a string."""
-    if not isinstance(value, str):
-        return None
-    text = _CONTROL.sub(" ", value).strip()[:limit].strip()
-    return text or None
-
-
 def _redact(text: str, request: httpx.Request) -> str:
     """Remove secret header values from text built from server or library output."""
     for name in _SECRET_HEADERS:
@@ -443,14 +425,9 @@ def _redact(text: str, request: httpx.Request) -> str:
 
 
 def _describe(exc: Exception, request: httpx.Request) -> str:
-    detail = _clean(str(exc), 200)
+    detail = clean(str(exc), 200)
     name = type(exc).__name__
     return _redact(f"{name}: {detail}" if detail else name, request)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _epoch_ms(value: object) -> int | None:

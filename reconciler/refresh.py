@@ -1,18 +1,20 @@
 """Reading the live dispatches of many tasks at once, for `plan --refresh` and `import --all`.
 
-Each task is one GET; they run concurrently on a bounded pool. A task the API cannot read (404
-FDI.3180: not in the project, auth errors, retries exhausted) becomes a located problem for that
-key; the others are still read, and the planner falls back to the recorded state for it.
+Each task is one GET; at most `parallelism` are in flight at once, on one event loop. A task
+the API cannot read (404 FDI.3180: not in the project, auth errors, retries exhausted) becomes a
+located problem for that key; the others are still read, and the planner falls back to the
+recorded state for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reconciler.apply import DispatchApi
 from reconciler.client import ApiError
+from reconciler.concurrency import bounded_map
 from reconciler.model import DispatchKey, RemoteDispatch
 
 
@@ -30,19 +32,7 @@ def read_live(
 ) -> tuple[dict[DispatchKey, RemoteDispatch | None], list[ReadFailure]]:
     """key → live dispatch (None: the task has none) for every key read; failures apart."""
     ordered = sorted(set(keys))
-
-    def one(key: DispatchKey) -> RemoteDispatch | ReadFailure | None:
-        try:
-            return api.show(key)
-        except ApiError as exc:
-            return ReadFailure(key, str(exc))
-
-    if len(ordered) <= 1 or parallelism <= 1:
-        results = [one(key) for key in ordered]
-    else:
-        with ThreadPoolExecutor(max_workers=min(parallelism, len(ordered)),
-                                thread_name_prefix="refresh") as pool:
-            results = list(pool.map(one, ordered))
+    results = asyncio.run(_read_all(api, ordered, parallelism)) if ordered else []
     live: dict[DispatchKey, RemoteDispatch | None] = {}
     failures: list[ReadFailure] = []
     for key, result in zip(ordered, results, strict=True):
@@ -51,3 +41,15 @@ def read_live(
         else:
             live[key] = result
     return live, failures
+
+
+async def _read_all(api: DispatchApi, keys: list[DispatchKey],
+                    parallelism: int) -> list[RemoteDispatch | ReadFailure | None]:
+    async def one(key: DispatchKey) -> RemoteDispatch | ReadFailure | None:
+        try:
+            return await api.show(key)
+        except ApiError as exc:
+            return ReadFailure(key, str(exc))
+
+    async with api:
+        return await bounded_map(one, keys, parallelism)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from reconciler.model import DispatchKey, Location, RemoteDispatch, Schedule, Spec
 from reconciler.state.base import Record, Snapshot
 
@@ -33,3 +36,24 @@ def snapshot(*records: Record, lineage: str = "lin-1", serial: int = 3) -> Snaps
 
 def remote(task: str, spec: Spec = NIGHTLY) -> RemoteDispatch:
     return RemoteDispatch(f"d-{task}", spec, 1700000000000, 1700000000000)
+
+
+class Blocking:
+    """A DispatchClient's coroutines called from plain test code: each call runs in its own
+    event loop, inside `async with client`, as a command's refresh or apply does."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def call(*args: Any) -> Any:
+            async def scoped() -> Any:
+                async with self.client:
+                    return await method(*args)
+            return asyncio.run(scoped())
+        return call
+
+    def __repr__(self) -> str:
+        return repr(self.client)

@@ -6,10 +6,12 @@ import threading
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.apply import Applier
+from reconciler.auth import CredentialsError
 from reconciler.client import ApiError, OutcomeUnknown
 from reconciler.model import DispatchKey, RemoteDispatch, Spec
 from reconciler.plan import make_plan
@@ -36,12 +38,18 @@ class FakeApi:
             queue = self.script.get((method, key.task_id))
             return queue.pop(0) if queue else None
 
-    def show(self, key: DispatchKey) -> RemoteDispatch | None:
+    async def __aenter__(self) -> FakeApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def show(self, key: DispatchKey) -> RemoteDispatch | None:
         if self._fault("GET", key) == "error":
             raise ApiError("boom", method="GET", key=key, status=503)
         return self.dispatches.get(key)
 
-    def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
+    async def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
         fault = self._fault("POST", key)
         if fault == "error-before":
             raise OutcomeUnknown("HTTP 500", method="POST", key=key, status=500)
@@ -51,6 +59,8 @@ class FakeApi:
         if fault == "reject":
             raise ApiError("invalid parameters", method="POST", key=key, status=400,
                            code="FDI.3002")
+        if fault == "credentials":  # as the auth raises it, before anything is sent
+            raise CredentialsError("IAM refused the password of user u")
         with self.lock:
             self.counter += 1
             created = RemoteDispatch(f"d{self.counter}", spec, 1, 1)
@@ -59,7 +69,7 @@ class FakeApi:
             raise OutcomeUnknown("connection dropped", method="POST", key=key)
         return created
 
-    def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
+    async def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
         self._fault("PUT", key)
         updated = RemoteDispatch(dispatch_id, spec, 1, 2)
         self.dispatches[key] = updated
@@ -180,6 +190,18 @@ def test_rejected_create_fails_alone_and_clears_its_intent(backend: LocalBackend
     assert state.intents == {}
 
 
+def test_credentials_refused_before_sending_fail_without_leaving_an_intent(
+        backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["credentials"]
+    results = apply(backend, api, [schedule("t1"), schedule("t2")])
+    assert [(r.ok, r.outcome) for r in results] == [(False, "failed"), (True, "created")]
+    assert "IAM refused" in (results[0].error or "")
+    state = backend.read()
+    assert set(state.records) == {key("t2")}
+    assert state.intents == {}, "nothing was sent: the next plan must not see an interrupted create"
+
+
 def test_orphans_and_noops_are_not_touched(backend: LocalBackend) -> None:
     api = FakeApi()
     apply(backend, api, [schedule("t1"), schedule("t2")])
@@ -200,7 +222,7 @@ def test_import_and_drift(backend: LocalBackend) -> None:
     desired = [schedule("t1"), schedule("t2")]
     with backend.write_session(WHO) as session:
         snapshot = backend.read()
-        live = {key("t1"): api.show(key("t1")), key("t2"): api.show(key("t2"))}
+        live = {k: api.dispatches.get(k) for k in (key("t1"), key("t2"))}
         plan = make_plan(desired, snapshot, desired_digest="d", created_at="x", remote=live)
         results = Applier(api, session, WHO).run(plan.actions, set())
         session.commit("refresh")
@@ -210,3 +232,68 @@ def test_import_and_drift(backend: LocalBackend) -> None:
     assert state.records[key("t1")].dispatch_id == "d-out"
     assert state.records[key("t1")].created_date == 5
     assert api.dispatches[key("t2")].spec == NIGHTLY
+
+
+class DurableIntents:
+    """Wraps a session: remembers which intents were durable (intend_many had returned)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.durable: set[DispatchKey] = set()
+        self.flushes = 0
+
+    def intend_many(self, intents: Any) -> None:
+        self.session.intend_many(intents)
+        self.flushes += 1
+        self.durable |= {i.key for i in intents}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def test_intents_are_written_ahead_in_batches_and_durable_before_each_post(
+        backend: LocalBackend) -> None:
+    api = FakeApi()
+    desired = [schedule(f"t{n:03d}") for n in range(100)]
+    with backend.write_session(WHO) as session:
+        durable = DurableIntents(session)
+        posted_unguarded: list[str] = []
+        create = api.create
+
+        async def checked_create(key: DispatchKey, spec: Spec) -> RemoteDispatch:
+            if key not in durable.durable:
+                posted_unguarded.append(key.task_id)
+            return await create(key, spec)
+
+        api.create = checked_create  # type: ignore[method-assign]
+        plan = make_plan(desired, backend.read(), desired_digest="d", created_at="now")
+        results = Applier(api, durable, WHO, parallelism=5).run(plan.actions, set())
+        session.commit("test")
+    assert all(r.ok for r in results)
+    assert posted_unguarded == []
+    assert durable.flushes <= 100 // 5 + 1, f"{durable.flushes} flushes for 100 creates"
+    assert backend.read().intents == {}
+
+
+def test_a_run_that_stops_clears_the_intents_of_creates_it_never_started(
+        backend: LocalBackend) -> None:
+    api = FakeApi()
+    desired = [schedule(f"t{n:03d}") for n in range(40)]
+    create = api.create
+
+    async def failing_create(key: DispatchKey, spec: Spec) -> RemoteDispatch:
+        if key.task_id == "t005":
+            raise RuntimeError("a bug, not an API error")
+        return await create(key, spec)
+
+    api.create = failing_create  # type: ignore[method-assign]
+    plan = make_plan(desired, backend.read(), desired_digest="d", created_at="now")
+    with backend.write_session(WHO) as session:
+        applier = Applier(api, session, WHO, parallelism=2)
+        with pytest.raises(RuntimeError, match="a bug"):
+            applier.run(plan.actions, set())
+    state = backend.read()
+    # Only the create that was under way when the run stopped may still be unresolved.
+    assert set(state.intents) <= {key("t005"), key("t004"), key("t006")}
+    assert key("t005") in state.intents
+    assert len(state.records) + len(state.intents) <= 40

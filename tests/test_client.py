@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -14,6 +14,7 @@ import pytest
 from reconciler.auth import CredentialsError, TokenAuth, auth_from_env
 from reconciler.client import ApiError, DispatchClient, OutcomeUnknown, endpoint_for
 from reconciler.model import DispatchKey, ReconcilerError, Spec
+from tests.factories import Blocking
 
 TOKEN = "MIIZ-secret-token_value+/="
 KEY = DispatchKey("proj1", "inst1", "task1")
@@ -49,11 +50,15 @@ class Script:
         return step
 
 
-def make(handler: Handler, delays: list[float] | None = None, **kw: Any) -> DispatchClient:
-    return DispatchClient("https://roma.example.com", TokenAuth(TOKEN),
-                          transport=httpx.MockTransport(handler),
-                          sleep=(delays if delays is not None else []).append,
-                          rand=lambda: 0.5, clock=lambda: NOW, **kw)
+def make(handler: Handler, delays: list[float] | None = None, **kw: Any) -> Blocking:
+    slept = delays if delays is not None else []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    return Blocking(DispatchClient("https://roma.example.com", TokenAuth(TOKEN),
+                                   transport=httpx.MockTransport(handler), sleep=sleep,
+                                   rand=lambda: 0.5, clock=lambda: NOW, **kw))
 
 
 def ok(body: dict[str, Any] | None = None) -> httpx.Response:
@@ -96,8 +101,8 @@ def test_show_gets_without_a_body() -> None:
 
 def test_endpoint_path_prefix_is_kept() -> None:
     script = Script(ok())
-    client = DispatchClient("https://gw.example.com/roma/", TokenAuth(TOKEN),
-                            transport=httpx.MockTransport(script))
+    client = Blocking(DispatchClient("https://gw.example.com/roma/", TokenAuth(TOKEN),
+                                     transport=httpx.MockTransport(script)))
     client.show(KEY)
     assert script.requests[0].url.path == "/roma" + PATH
 
@@ -383,76 +388,87 @@ def test_token_never_appears_in_errors_reprs_or_logs(caplog: pytest.LogCaptureFi
     assert all(TOKEN not in record.getMessage() for record in caplog.records)
 
 
-# -- threads ---------------------------------------------------------------------------------------
+class RenewingAuth:
+    """Like a password auth: a new token after the API refused the current one."""
 
-def test_many_threads_share_one_client_each_with_its_own_httpx_client() -> None:
-    lock = threading.Lock()
+    refused_hint = "check the IAM user"
+
+    def __init__(self, renewals: int) -> None:
+        self.token = 1
+        self.renewals = renewals
+
+    def apply(self, request: httpx.Request) -> None:
+        request.headers["X-Auth-Token"] = f"tok{self.token}"
+
+    def invalidate(self, request: httpx.Request) -> bool:
+        if self.renewals == 0:
+            return False
+        self.renewals -= 1
+        self.token += 1
+        return True
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_401_with_a_renewable_token_is_sent_once_more_with_the_new_one(method: str) -> None:
+    script = Script(401, ok())
+    client = Blocking(DispatchClient("https://roma.example.com", RenewingAuth(renewals=5),
+                                     transport=httpx.MockTransport(script)))
+    client.show(KEY) if method == "GET" else client.create(KEY, CRON)
+    assert [r.headers["X-Auth-Token"] for r in script.requests] == ["tok1", "tok2"]
+
+
+def test_401_again_after_renewal_is_the_error_with_the_auths_hint() -> None:
+    script = Script(401)
+    client = Blocking(DispatchClient("https://roma.example.com", RenewingAuth(renewals=5),
+                                     transport=httpx.MockTransport(script)))
+    with pytest.raises(ApiError, match="check the IAM user") as raised:
+        client.create(KEY, CRON)
+    assert raised.value.status == 401
+    assert len(script.requests) == 2, "renewed once, not for ever"
+
+
+# -- concurrency and connections ---------------------------------------------------------------
+
+def test_concurrent_requests_on_one_loop_get_their_own_answers() -> None:
     seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        with lock:
-            seen.append(request.url.path)
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        await asyncio.sleep(0.001 * (hash(request.url.path) % 5))  # answers arrive out of order
         return ok(dispatch(dispatch_id=request.url.path.split("/")[7]))
 
-    client = make(handler)
-    failures: list[BaseException] = []
-    all_done = threading.Barrier(20)  # keeps every thread alive until all have worked
+    client = DispatchClient("https://roma.example.com", TokenAuth(TOKEN),
+                            transport=httpx.MockTransport(handler))
+    keys = [DispatchKey("proj1", "inst1", f"t{n}") for n in range(200)]
 
-    def work(n: int) -> None:
-        try:
-            for i in range(20):
-                key = DispatchKey("proj1", "inst1", f"t{n}-{i}")
-                found = client.show(key)
-                assert found is not None
-                assert found.dispatch_id == f"t{n}-{i}"
-        except BaseException as exc:
-            failures.append(exc)
-        all_done.wait()
+    async def read_all() -> list[str]:
+        async with client:
+            found = await asyncio.gather(*(client.show(k) for k in keys))
+        return [f.dispatch_id if f is not None else "" for f in found]
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
-    assert len(seen) == 400
-    client.close()
-    with pytest.raises(ReconcilerError, match="closed"):
-        client.show(KEY)
+    assert asyncio.run(read_all()) == [k.task_id for k in keys]
+    assert len(seen) == 200
 
 
-def test_each_thread_has_its_own_connection_and_finished_ones_are_closed() -> None:
+def test_connections_live_only_inside_async_with_and_a_closed_client_refuses() -> None:
     from reconciler.emulator import Emulator
-    from reconciler.transport import StdlibTransport
 
     with Emulator() as emulator:
         client = DispatchClient(emulator.url, TokenAuth("t"))
-        all_done = threading.Barrier(10)
-        failures: list[BaseException] = []
 
-        def work(n: int) -> None:
-            try:
-                assert client.show(DispatchKey("p", "i", f"t{n}")) is None
-            except BaseException as exc:
-                failures.append(exc)
-            all_done.wait()
+        async def outside() -> None:
+            await client.show(KEY)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(10)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert failures == []
-        transports = list(client._transports.values())
-        assert len({id(t) for t in transports}) == 10
-        assert all(isinstance(t, StdlibTransport) for t in transports)
-        assert all(t._connection is not None for t in transports)  # type: ignore[attr-defined]
-        client.show(KEY)  # a new thread's connection: the finished threads' ones are closed
-        assert list(client._transports) == [threading.current_thread()]
-        assert all(t._connection is None for t in transports)  # type: ignore[attr-defined]
+        with pytest.raises(ReconcilerError, match="outside `async with client`"):
+            asyncio.run(outside())
+        blocking = Blocking(client)
+        assert blocking.show(KEY) is None  # one loop...
+        assert blocking.show(KEY) is None  # ...then another: no socket crosses loops
+        assert client._transport is None
         with client:
             pass
-        assert client._transports == {}
+        with pytest.raises(ReconcilerError, match="closed"):
+            blocking.show(KEY)
 
 
 # -- endpoint and auth -----------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""The recorder: session writes from coroutines, run in one thread, intents flushed in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from reconciler.model import DispatchKey
+from reconciler.recorder import Recorder
+from reconciler.state.base import Intent, Record, Snapshot, StateError
+from tests.factories import key, record
+
+
+def intent(task: str) -> Intent:
+    return Intent(key(task), f"id-{task}", "create", "2026-11-29T00:00:00Z", "fp")
+
+
+class SlowSession:
+    """Each durable flush takes a while, like fdatasync; records what was called, by whom."""
+
+    serial = 2
+
+    def __init__(self, flush: float = 0.01, fail_intents: bool = False) -> None:
+        self.flush = flush
+        self.fail_intents = fail_intents
+        self.batches: list[list[DispatchKey]] = []
+        self.puts: list[DispatchKey] = []
+        self.cleared: list[DispatchKey] = []
+        self.threads: set[str] = set()
+
+    def intend_many(self, intents: Sequence[Intent]) -> None:
+        self.threads.add(threading.current_thread().name)
+        if self.fail_intents:
+            raise StateError("disk full")
+        threading.Event().wait(self.flush)
+        self.batches.append([i.key for i in intents])
+
+    def intend(self, intent: Intent) -> None:
+        self.intend_many([intent])
+
+    def put(self, record: Record) -> None:
+        self.put_many([record])
+
+    def put_many(self, records: Sequence[Record]) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.puts += [record.key for record in records]
+
+    def remove(self, key: DispatchKey) -> None:
+        raise AssertionError("not used")
+
+    def clear_intent(self, key: DispatchKey) -> None:
+        self.cleared.append(key)
+
+    def commit(self, summary: str) -> Snapshot:
+        raise AssertionError("not used")
+
+
+def test_concurrent_intents_share_flushes_and_every_write_happens_off_the_loop() -> None:
+    session = SlowSession()
+
+    async def main() -> None:
+        async with Recorder(session) as recorder:
+            async def create(n: int) -> None:
+                await recorder.intend(intent(f"t{n}"))
+                await recorder.put(record(f"t{n}"))
+            await asyncio.gather(*(create(n) for n in range(100)))
+
+    asyncio.run(main())
+    assert sorted(k for batch in session.batches for k in batch) == sorted(
+        key(f"t{n}") for n in range(100))
+    assert len(session.batches) < 50, "intents queued during a flush go out together"
+    assert max(len(b) for b in session.batches) > 1
+    assert sorted(session.puts) == sorted(key(f"t{n}") for n in range(100))
+    assert session.threads == {"state-recorder"}
+
+
+def test_an_intent_returns_only_after_its_flush() -> None:
+    session = SlowSession(flush=0.05)
+    order: list[str] = []
+
+    async def main() -> None:
+        async with Recorder(session) as recorder:
+            await recorder.intend(intent("t1"))
+            order.append(f"after intent: {len(session.batches)} flushed")
+
+    asyncio.run(main())
+    assert order == ["after intent: 1 flushed"]
+
+
+def test_a_failed_flush_fails_every_intent_of_its_batch_and_nothing_else() -> None:
+    session = SlowSession(fail_intents=True)
+
+    async def main() -> list[BaseException | None]:
+        async with Recorder(session) as recorder:
+            results = await asyncio.gather(
+                recorder.intend(intent("t1")), recorder.intend(intent("t2")),
+                recorder.put(record("t3")), return_exceptions=True)
+        return list(results)
+
+    first, second, put = asyncio.run(main())
+    assert isinstance(first, StateError)
+    assert isinstance(second, StateError)
+    assert put is None
+    assert session.puts == [key("t3")]
+
+
+def test_writes_queued_before_exit_still_reach_the_session() -> None:
+    session = SlowSession()
+
+    async def main() -> None:
+        async with Recorder(session) as recorder:
+            pending = [asyncio.ensure_future(recorder.put(record(f"t{n}"))) for n in range(20)]
+            await asyncio.sleep(0)
+        await asyncio.gather(*pending)
+
+    asyncio.run(main())
+    assert len(session.puts) == 20
+
+
+def test_using_a_recorder_that_is_not_running_is_an_error() -> None:
+    recorder = Recorder(SlowSession())
+
+    async def main() -> None:
+        await recorder.put(record("t1"))
+
+    with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(main())
