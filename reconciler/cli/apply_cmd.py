@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconciler import config, emulator, planfile, provenance
+from reconciler import config, planfile, provenance
 from reconciler.apply import ActionResult, Applier, Progress, summarise
 from reconciler.cli.api import add_api_arguments, open_api
 from reconciler.cli.console import EXIT_ERROR, EXIT_OK, Context, UsageError
 from reconciler.cli.plan_cmd import build_plan, render
 from reconciler.cli.state_cmd import add_lock_timeout
 from reconciler.cli.validate_cmd import load_or_report
+from reconciler.emulator import cli as emulator_cli
 from reconciler.plan import make_plan
 from reconciler.planfile import StalePlan
 from reconciler.render.text import summary_line
@@ -48,7 +49,7 @@ def register(commands: Any) -> None:
         "the documented validation and error codes, a token check, optional persistence, "
         "latency and fault injection.",
     )
-    emulator.add_arguments(serve)
+    emulator_cli.add_arguments(serve)
     serve.set_defaults(handler=cmd_emulator)
 
 
@@ -190,4 +191,4 @@ def report_line(result: ActionResult) -> dict[str, Any]:
 
 
 def cmd_emulator(ctx: Context) -> int:
-    return emulator.run_from_args(ctx.args, ctx.console.out)
+    return emulator_cli.run_from_args(ctx.args, ctx.console.out)

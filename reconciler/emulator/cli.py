@@ -8,7 +8,6 @@ import threading
 from types import FrameType
 from typing import TextIO
 
-from reconciler.emulator.api import DEFAULT_TOKEN_TTL, Emulator
 from reconciler.model import ReconcilerError
 
 
@@ -35,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and --iam-domain) and accept only the tokens it issues")
     parser.add_argument("--iam-password", metavar="PASSWORD", help="the IAM user's password")
     parser.add_argument("--iam-domain", metavar="NAME", help="the IAM user's account name")
-    parser.add_argument("--iam-token-ttl", type=float, default=DEFAULT_TOKEN_TTL,
-                        metavar="SECONDS", help="lifetime of issued tokens (default: 24 h)")
+    parser.add_argument("--iam-token-ttl", type=float, metavar="SECONDS",
+                        help="lifetime of issued tokens (default: 24 h, as IAM's)")
     for fault in ("drop-after-create", "error-before-create", "throttle"):
         parser.add_argument(f"--{fault}-rate", type=_rate, default=0.0, metavar="P",
                             help=f"probability of the {fault.replace('-', ' ')} fault")
@@ -48,6 +47,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run_from_args(args: argparse.Namespace, out: TextIO) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM); prints the URL first."""
+    from reconciler.emulator.api import Emulator  # noqa: PLC0415  (see the package doc)
+
+    ttl = {} if args.iam_token_ttl is None else {"iam_token_ttl": args.iam_token_ttl}
     try:
         emulator = Emulator(host=args.host, port=args.port, latency_ms=args.latency_ms,
                             data=args.data, token=args.token, seed=args.seed,
@@ -55,7 +57,7 @@ def run_from_args(args: argparse.Namespace, out: TextIO) -> int:
                             error_before_create_rate=args.error_before_create_rate,
                             throttle_rate=args.throttle_rate, ak=args.ak, sk=args.sk,
                             iam_user=args.iam_user, iam_password=args.iam_password,
-                            iam_domain=args.iam_domain, iam_token_ttl=args.iam_token_ttl)
+                            iam_domain=args.iam_domain, **ttl)
     except ValueError as exc:
         raise ReconcilerError(f"emulator: {exc}") from None
     try:
