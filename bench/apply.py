@@ -4,6 +4,12 @@ Floor = N x latency / parallelism (2.0 s at 10, 0.4 s at 50). Target (issue): wa
 + process start, at both. Peer: the same creates scripted the way a user would with the official
 SDK (huaweicloudsdkroma, sequential), when it is installed; its floor is N x latency (20 s).
 Usage: python bench/apply.py [--count 1000] [--latency-ms 20] [--parallelism 10,50]
+
+The design measured: coroutines on one event loop over reconciler.aiotransport's keep-alive
+HTTP/1.1 connections, intents written ahead in batches by a recorder thread. Measured on a
+quiet 2-core machine: p10 3.39 s (target 3.74: met), p50 1.65 s (target 1.34: not met; a thread
+pool of clients took 2.3-2.8 s). At 50 the run is bound by the client's CPU, about 0.7 ms per
+create, of which building the httpx.Request (URL parsing) is about 0.13 ms.
 """
 
 from __future__ import annotations
