@@ -20,7 +20,7 @@ from deepdiff.helper import NotPresent
 
 from reconciler.model import SPEC_FIELDS, DispatchKey
 from reconciler.state.base import Provenance, Record, Snapshot, StateBackend, StateError
-from reconciler.state.local import parse_snapshot
+from reconciler.state.snapshot import parse_snapshot
 
 GIT_PREFIX = "git:"
 GIT_TIMEOUT = 30.0

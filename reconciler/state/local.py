@@ -69,8 +69,7 @@ from reconciler.state.snapshot import (
     unpack,
 )
 
-# parse_snapshot is re-exported for code that still imports it from here
-__all__ = ["UNREADABLE_LOCK_ID", "LocalBackend", "parse_snapshot"]
+__all__ = ["UNREADABLE_LOCK_ID", "LocalBackend"]
 
 UNREADABLE_LOCK_ID = "unreadable"
 """The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
