@@ -795,3 +795,19 @@ def test_disk_errors_are_state_errors_naming_the_file(tmp_path: Path) -> None:
     assert caught.value.__suppress_context__
     with pytest.raises(StateError, match="cannot take the state lock"):
         backend.import_snapshots([], PROV)
+
+
+def test_a_lock_file_appears_complete_and_a_draft_left_by_a_kill_blocks_nobody(
+        state: Path) -> None:
+    backend = LocalBackend(state)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    # what a writer killed between writing its lock draft and linking it leaves behind
+    (state.parent / f".{backend.lock_path.name}.0f0f").write_bytes(b'{"lock_id": "half')
+    with backend.write_session(PROV) as session:
+        held = backend.current_lock()
+        assert held is not None
+        assert held[0].pid == os.getpid()
+        assert held[1] is None
+        assert json.loads(backend.lock_path.read_bytes())["lock_id"] == held[0].lock_id
+        session.commit("s")
+    assert backend.current_lock() is None

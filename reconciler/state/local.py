@@ -425,26 +425,39 @@ class LocalBackend:
     def _acquire(self, provenance: Provenance, timeout: float) -> _HeldLock:
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                held = self.current_lock()
-                remaining = deadline - time.monotonic()
-                if held is not None and remaining <= 0:
-                    raise LockHeld(*held) from None
-                time.sleep(max(0.0, min(0.05, remaining)))
-                continue
-            stamp = utc_iso(self.now())
-            info = LockInfo(str(uuid.uuid4()), provenance.operation, current_user(), self.host,
-                            self.pid, stamp, stamp, provenance.ci_job)
-            try:
-                _write_all(fd, self._lock_bytes(info))
-                os.fsync(fd)
-            except BaseException:
-                self.lock_path.unlink(missing_ok=True)
-                os.close(fd)
-                raise
-            return _HeldLock(self, fd, info)
+            held_lock = self._try_lock(provenance)
+            if held_lock is not None:
+                return held_lock
+            held = self.current_lock()
+            remaining = deadline - time.monotonic()
+            if held is not None and remaining <= 0:
+                raise LockHeld(*held)
+            time.sleep(max(0.0, min(0.05, remaining)))
+
+    def _try_lock(self, provenance: Provenance) -> _HeldLock | None:
+        """Take the lock if it is free. The lock file appears with its content already written
+        (written beside it, then hard-linked into place, which fails if a lock exists): a
+        writer killed at any instant leaves either no lock or a complete one, whose dead pid
+        makes it stale at once, never an empty file that would block everyone for a lease."""
+        stamp = utc_iso(self.now())
+        info = LockInfo(str(uuid.uuid4()), provenance.operation, current_user(), self.host,
+                        self.pid, stamp, stamp, provenance.ci_job)
+        draft = self.lock_path.with_name(f".{self.lock_path.name}.{info.lock_id}")
+        fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, self._lock_bytes(info))
+            os.fsync(fd)
+            os.link(draft, self.lock_path)
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            draft.unlink(missing_ok=True)
+        _fsync_dir(self.lock_path.parent)
+        return _HeldLock(self, fd, info)
 
     def _lock_bytes(self, info: LockInfo) -> bytes:
         return pretty_json({**dataclasses.asdict(info), "lease_seconds": self.lease_seconds})
@@ -462,8 +475,8 @@ class LocalBackend:
                             str(doc["heartbeat"]), doc.get("ci_job"))
             return info, float(doc.get("lease_seconds", self.lease_seconds))
         except MALFORMED:
-            # Created (O_EXCL) but not written yet, or its writer died in between: its age is
-            # the file's, so it turns stale after a lease like any other.
+            # Not written by this tool (locks appear complete; see _try_lock), or damaged:
+            # its age is the file's, so it turns stale after a lease like any other.
             stamp = utc_iso(datetime.fromtimestamp(mtime, UTC))
             unknown = "unknown"
             info = LockInfo(UNREADABLE_LOCK_ID, unknown, unknown, unknown, 0, stamp, stamp)
