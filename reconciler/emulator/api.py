@@ -9,17 +9,8 @@ response carries `X-Request-Id`, so clients meet every documented shape.
 This module is the API itself, independent of sockets (`handle` answers one request); the
 HTTP/1.1 server around it is `reconciler.emulator.server`.
 
-Authentication, as the API gateway does it, in three modes that can be combined:
-- default: any non-empty `X-Auth-Token` (or exactly `token` when one is given);
-- IAM (`iam_user`, `iam_password`, `iam_domain`): `POST /v3/auth/tokens` issues project-scoped
-  tokens for that one user (lasting `iam_token_ttl` seconds), and only an issued, unexpired token
-  of the request's project is accepted (besides `token`, if given);
-- AK/SK (`ak`, `sk`): a request with an `Authorization` header must carry a valid
-  `SDK-HMAC-SHA256` signature by that key pair, its `X-Sdk-Date` within 15 minutes of the
-  emulator's clock. A request without a signature is refused unless it carries a token that
-  `token` or IAM accepts (the gateway takes either kind of credential); with AK/SK alone, tokens
-  are refused.
-Refusals are 401 `APIGW.0301` (403 `APIGW.0302` for a token of another project), with a reason.
+Authentication (a token, AK/SK signatures, IAM tokens) is the gateway's:
+`reconciler.emulator.gateway`.
 
 Test hooks exist twice: as methods of `Emulator` (in-process) and over HTTP under `/_emulator/`
 (for an emulator run as a subprocess); those control endpoints need no token.
@@ -30,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hmac
 import json
 import logging
 import os
@@ -43,16 +33,15 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, overload
 from urllib.parse import urlsplit
 
 from reconciler.desired import MAX_START_MS, MIN_START_MS, parse_start_datetime
-from reconciler.emulator.server import REASONS, HttpServer, Reply, Request, refusal
-from reconciler.model import ReconcilerError, is_valid_id
-from reconciler.signer import DATE_FORMAT, verify
+from reconciler.emulator.gateway import DEFAULT_TOKEN_TTL, TOKENS_PATH, Gateway
+from reconciler.emulator.server import HttpServer, Reply, Request, refusal
+from reconciler.model import ReconcilerError
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +51,6 @@ TASK_NOT_IN_PROJECT = ("FDI.3180", "The task does not belong to the project.")
 # The real codes of these two are undocumented; each is one constant so it is easy to correct.
 ALREADY_EXISTS = (INVALID, "The task already has a schedule.")
 NO_DISPATCH = ("FDI.3181", "The dispatch does not exist.")
-BAD_AUTH = ("APIGW.0301", "Incorrect IAM authentication information")
-NOT_AUTHORISED = ("APIGW.0302", "The IAM user is not authorized to access the API")
-WRONG_PASSWORD = "The username or password is wrong."  # noqa: S105  (a message)
-TOKENS_PATH = "/v3/auth/tokens"
-DEFAULT_TOKEN_TTL = 24 * 3600.0  # what IAM gives
-MAX_SKEW_SECONDS = 15 * 60  # how far X-Sdk-Date may be from the server's clock
 THROTTLED = ("APIGW.0308", "The throttling threshold has been reached")
 NO_API = ("APIGW.0101", "The API does not exist or has not been published in the environment")
 SERVER_ERROR = ("FDI.3000", "Internal server error.")
@@ -76,7 +59,6 @@ FAULTS = ("drop_after_create", "error_before_create", "throttle")  # and "status
 _POST_ONLY = frozenset({"drop_after_create", "error_before_create"})
 _DISPATCHES = re.compile(
     r"/v2/([^/]*)/fdi/instances/([^/]*)/tasks/([^/]*)/dispatches(?:/([^/]*))?/?")
-_ACCESS = re.compile(r"SDK-HMAC-SHA256 Access=([^,\s]+), ")
 
 
 def _flat(status: int, error: tuple[str, str]) -> Reply:
@@ -85,16 +67,6 @@ def _flat(status: int, error: tuple[str, str]) -> Reply:
 
 def _wrapped(message: str, code: str = INVALID) -> Reply:
     return Reply(400, {"code": 400, "reason": {"error_code": code, "error_msg": message}})
-
-
-def _unauthorised(reason: str) -> Reply:
-    return Reply(401, {"error_code": BAD_AUTH[0], "error_msg": f"{BAD_AUTH[1]}: {reason}"})
-
-
-def _keystone(status: int, message: str) -> Reply:
-    """IAM's (OpenStack Keystone's) error body."""
-    return Reply(status, {"error": {"code": status, "message": message,
-                                    "title": REASONS.get(status, "")}})
 
 
 class _Invalid(Exception):
@@ -108,29 +80,12 @@ class _Fault:
     remaining: int
 
 
-@dataclass(frozen=True, slots=True)
-class _IamUser:
-    """The one IAM user the token endpoint knows."""
-
-    name: str
-    password: str = field(repr=False)
-    domain: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Issued:
-    project_id: str
-    expires_at: float
-
-
 @dataclass(slots=True)
 class _Store:
     dispatches: dict[str, dict[str, Any]] = field(default_factory=dict)
     unknown_tasks: set[str] = field(default_factory=set)
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
     faults: list[_Fault] = field(default_factory=list)
-    tokens: dict[str, _Issued] = field(default_factory=dict)
-    iam: dict[str, int] = field(default_factory=lambda: {"issued": 0, "refused": 0})
 
 
 class Emulator:
@@ -146,20 +101,15 @@ class Emulator:
                  iam_token_ttl: float = DEFAULT_TOKEN_TTL,
                  clock: Callable[[], float] = time.time) -> None:
         """`port` 0 picks a free port; rates are probabilities per request; `seed` makes the
-        faults and dispatch ids repeatable. `ak`/`sk` and the three `iam_*` credentials each
-        come together or not at all (ValueError otherwise); see the module's documentation."""
+        faults and dispatch ids repeatable. `token`, `ak`/`sk` and `iam_*` configure the
+        gateway (see `reconciler.emulator.gateway`; ValueError when incomplete)."""
         self.host = host
         self.port = port
         self._latency = latency_ms / 1000
         self._data = Path(data) if data is not None else None
-        self._token = token
-        self._aksk = _key_pair(ak, sk)
-        self._iam = _iam_user(iam_user, iam_password, iam_domain)
-        if not iam_token_ttl > 0:
-            raise ValueError("the lifetime of IAM tokens must be positive")
-        self._iam_ttl = iam_token_ttl
-        # The default, and the hot path: the only check is that a token is there.
-        self._any_token = token is None and self._aksk is None and self._iam is None
+        self._gateway = Gateway(token=token, ak=ak, sk=sk, iam_user=iam_user,
+                                iam_password=iam_password, iam_domain=iam_domain,
+                                iam_token_ttl=iam_token_ttl, clock=clock)
         self._rng = random.Random(seed)  # noqa: S311  (fault rolls and ids, not secrets)
         self._rates = {"drop_after_create": drop_after_create_rate,
                        "error_before_create": error_before_create_rate,
@@ -262,8 +212,7 @@ class Emulator:
 
     def iam_calls(self) -> dict[str, int]:
         """Token requests answered: `issued` and `refused` (wrong user, password or account)."""
-        with self._lock:
-            return dict(self._store.iam)
+        return self._gateway.iam_calls()
 
     def handle(self, method: str, target: str, token: str | None = None, raw: bytes = b"", *,
                headers: Mapping[str, str] | None = None) -> Reply:
@@ -311,14 +260,11 @@ class Emulator:
                 return refusal(400, str(exc))
         if match is None:
             if path.rstrip("/") == TOKENS_PATH:
-                return self._issue_token(method, raw)
+                return self._gateway.issue_token(method, raw)
             return _flat(404, NO_API)
         project, instance, task, dispatch_id = match.groups()
         key = f"{project}/{instance}/{task}"
-        if self._any_token:
-            if not headers.get("x-auth-token"):
-                return _flat(401, BAD_AUTH)
-        elif (refused := self._refuse(method, target, headers, raw, project)) is not None:
+        if (refused := self._gateway.refuse(method, target, headers, raw, project)) is not None:
             return refused
         if (method, dispatch_id is None) not in (("GET", True), ("POST", True), ("PUT", False)):
             return _flat(404, NO_API)
@@ -405,93 +351,6 @@ class Emulator:
         if (method, route) == ("GET", "iam"):
             return Reply(200, self.iam_calls())
         return refusal(404, f"no control endpoint {route}")
-
-    # -- authentication beyond "any token" -------------------------------------------------
-
-    def _refuse(self, method: str, target: str, headers: Mapping[str, str], raw: bytes,
-                project: str) -> Reply | None:
-        """Why the request is not authenticated, or None when it is."""
-        if self._aksk is not None and "authorization" in headers:
-            return self._check_signature(method, target, headers, raw)
-        token = headers.get("x-auth-token")
-        if not token:
-            if self._aksk is not None:
-                return _unauthorised("no signature (Authorization) and no token (X-Auth-Token)")
-            return _flat(401, BAD_AUTH)
-        if self._token is not None and hmac.compare_digest(token.encode(), self._token.encode()):
-            return None
-        if self._iam is not None:
-            return self._check_issued(token, project)
-        return _unauthorised("the token is not valid")
-
-    def _check_signature(self, method: str, target: str, headers: Mapping[str, str],
-                         raw: bytes) -> Reply | None:
-        assert self._aksk is not None
-        ak, sk = self._aksk
-        access = _ACCESS.match(headers["authorization"])
-        if access is None:
-            return _unauthorised("the Authorization header is not an SDK-HMAC-SHA256 signature")
-        if not hmac.compare_digest(access.group(1).encode(), ak.encode()):
-            return _unauthorised("the access key does not exist")  # never echo a key
-        now = self._clock()
-        try:
-            sent = datetime.strptime(headers.get("x-sdk-date", ""), DATE_FORMAT)
-        except ValueError:
-            return _unauthorised("the X-Sdk-Date header is missing or not YYYYMMDDTHHMMSSZ")
-        if abs(now - sent.replace(tzinfo=UTC).timestamp()) > MAX_SKEW_SECONDS:
-            return _unauthorised("the X-Sdk-Date header is more than 15 minutes away from the "
-                                 "server's time")
-        # The client signed the URL it sent: the Host header and the target as received.
-        url = f"http://{headers.get('host', '')}{target}" if target[:1] == "/" else target
-        if not verify(method, url, headers, raw, ak=ak, sk=sk, max_skew_seconds=MAX_SKEW_SECONDS,
-                      now=datetime.fromtimestamp(now, UTC)):
-            return _unauthorised("verify aksk signature fail")
-        return None
-
-    def _check_issued(self, token: str, project: str) -> Reply | None:
-        with self._lock:
-            issued = self._store.tokens.get(token)
-        if issued is None:
-            return _unauthorised("the token is not valid")
-        if issued.expires_at <= self._clock():
-            return _unauthorised("the token has expired")
-        if issued.project_id != project:
-            return Reply(403, {"error_code": NOT_AUTHORISED[0],
-                               "error_msg": f"{NOT_AUTHORISED[1]}: the token is scoped to "
-                                            "another project"})
-        return None
-
-    def _issue_token(self, method: str, raw: bytes) -> Reply:
-        """IAM's `POST /v3/auth/tokens` with a password identity and a project scope."""
-        if self._iam is None:
-            return refusal(404, "no IAM here: start the emulator with --iam-user, "
-                            "--iam-password and --iam-domain")
-        if method != "POST":
-            return _keystone(405, f"{method} is not allowed here")
-        try:
-            name, password, domain, project = _token_request(raw)
-        except _Invalid as exc:
-            return _keystone(400, str(exc))
-        user = self._iam
-        matches = [hmac.compare_digest(given.encode(), wanted.encode()) for given, wanted in
-                   ((name, user.name), (password, user.password), (domain, user.domain))]
-        now = self._clock()
-        with self._lock:
-            if not all(matches):
-                self._store.iam["refused"] += 1
-                return _keystone(401, WRONG_PASSWORD)
-            self._store.iam["issued"] += 1
-            tokens = self._store.tokens
-            for expired in [t for t, issued in tokens.items() if issued.expires_at <= now]:
-                del tokens[expired]
-            token = f"emu-{os.urandom(24).hex()}"
-            tokens[token] = _Issued(project, now + self._iam_ttl)
-        body = {"token": {
-            "methods": ["password"], "catalog": [],
-            "issued_at": _iso(now), "expires_at": _iso(now + self._iam_ttl),
-            "project": {"id": project, "name": project, "domain": {"name": domain}},
-            "user": {"name": name, "domain": {"name": domain}}}}
-        return Reply(201, body, (("X-Subject-Token", token),))
 
     def _take_fault(self, key: str, method: str, kinds: tuple[str, ...], *,
                     status: bool = False) -> str | None:
@@ -599,56 +458,6 @@ def _validate(body: Mapping[str, Any]) -> dict[str, Any]:
             raise _Invalid(f"start_datetime must be epoch milliseconds in {MIN_START_MS}-"
                            f"{MAX_START_MS} or an ISO-8601 time.") from None
     return spec
-
-
-def _token_request(raw: bytes) -> tuple[str, str, str, str]:
-    """(user name, password, account name, project id) of a token request; _Invalid naming
-    the field otherwise. Only names identify the user and account here, and only a project id
-    the scope (IAM also takes ids and project names)."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise _Invalid("The request body must be a JSON object.") from None
-    methods = _member(body, "auth.identity.methods", list)
-    if "password" not in methods:
-        raise _Invalid('auth.identity.methods must contain "password".')
-    user = "auth.identity.password.user"
-    name, password = _member(body, f"{user}.name", str), _member(body, f"{user}.password", str)
-    domain = _member(body, f"{user}.domain.name", str)
-    project = _member(body, "auth.scope.project.id", str)
-    if not is_valid_id(project):
-        raise _Invalid("auth.scope.project.id must be 1-64 of [A-Za-z0-9_-].")
-    return name, password, domain, project
-
-
-def _member(obj: Any, path: str, kind: type) -> Any:
-    for name in path.split("."):
-        obj = obj.get(name) if isinstance(obj, dict) else None
-    if not isinstance(obj, kind) or not obj:
-        what = "a non-empty string" if kind is str else "a non-empty list"
-        raise _Invalid(f"{path} must be {what}.")
-    return obj
-
-
-def _iso(moment: float) -> str:
-    """IAM's time format: `2020-01-04T09:05:22.701000Z`."""
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _key_pair(ak: str | None, sk: str | None) -> tuple[str, str] | None:
-    if ak is None and sk is None:
-        return None
-    if not ak or not sk:
-        raise ValueError("an AK needs its SK and the other way round (both non-empty)")
-    return ak, sk
-
-
-def _iam_user(name: str | None, password: str | None, domain: str | None) -> _IamUser | None:
-    if name is None and password is None and domain is None:
-        return None
-    if not name or not password or not domain:
-        raise ValueError("the IAM user needs a name, a password and an account (domain) name")
-    return _IamUser(name, password, domain)
 
 
 def _split_key(key: str) -> tuple[str, str, str]:
