@@ -171,7 +171,7 @@ class Applier:
         raise ReconcilerError(f"cannot apply a {kind.value} action")
 
     async def _create(self, action: Action, desired: Spec, resolve_first: bool,
-                calls: list[str]) -> ActionResult:
+                      calls: list[str]) -> ActionResult:
         key = action.key
         if resolve_first:
             live = await self._show(key, calls)
@@ -213,7 +213,7 @@ class Applier:
         )
 
     async def _adopt(self, action: Action, live: RemoteDispatch, desired: Spec,
-               calls: list[str]) -> ActionResult:
+                     calls: list[str]) -> ActionResult:
         """A dispatch exists although our create's outcome was unknown: take it as ours."""
         if live.spec != desired:
             return await self._update(action, live.dispatch_id, desired, "adopted and updated",
@@ -233,7 +233,7 @@ class Applier:
         return ActionResult(action, True, "imported", live.dispatch_id)
 
     async def _update(self, action: Action, dispatch_id: str, desired: Spec, outcome: str,
-                calls: list[str]) -> ActionResult:
+                      calls: list[str]) -> ActionResult:
         calls.append("PUT")
         updated = await self.api.update(action.key, dispatch_id, desired)
         await self._record(action, updated, desired)
@@ -247,7 +247,7 @@ class Applier:
                       sent: Spec | None = None) -> None:
         """Record what the API returned; the spec is what we sent when it echoes less."""
         await self._recorder.put(record_of(action.key, action.name, action.source, dispatch,
-                                   provenance=self.provenance, sent=sent))
+                                           provenance=self.provenance, sent=sent))
 
 
 class IntentsAhead:
@@ -276,10 +276,7 @@ class IntentsAhead:
 
     async def ready(self, action: Action) -> None:
         """Return once the intent of `action`, a create, is durable."""
-        position = self._position.get(action.key)
-        if position is None:  # not planned as a create (an adoption that must create after all)
-            await self._recorder.intend(self._intent(action))
-            return
+        position = self._position[action.key]
         if position + self._window >= self._written < len(self._creates):  # top the window up
             end = min(len(self._creates), position + 2 * self._window)
             batch = self._creates[self._written:end]

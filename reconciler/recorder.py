@@ -100,17 +100,24 @@ class Recorder:
 
     def _execute(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None],
                                                           BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[None], BaseException | None]] = []
-        intents = [w for w in batch if isinstance(w.value, tuple)]
-        puts = [w for w in batch if isinstance(w.value, Record)]
-        outcomes += self._together(intents, lambda: self._session.intend_many(
-            [i for w in intents if isinstance(w.value, tuple) for i in w.value]))
-        outcomes += self._together(puts, lambda: self._session.put_many(
-            [w.value for w in puts if isinstance(w.value, Record)]))
+        intend: list[_Write] = []
+        intents: list[Intent] = []
+        put: list[_Write] = []
+        records: list[Record] = []
+        clear: list[tuple[_Write, DispatchKey]] = []
         for write in batch:
-            if isinstance(write.value, DispatchKey):
-                outcomes += self._together(
-                    [write], functools.partial(self._session.clear_intent, write.value))
+            if isinstance(write.value, tuple):
+                intend.append(write)
+                intents += write.value
+            elif isinstance(write.value, Record):
+                put.append(write)
+                records.append(write.value)
+            else:
+                clear.append((write, write.value))
+        outcomes = self._together(intend, functools.partial(self._session.intend_many, intents))
+        outcomes += self._together(put, functools.partial(self._session.put_many, records))
+        for write, key in clear:
+            outcomes += self._together([write], functools.partial(self._session.clear_intent, key))
         return outcomes
 
     @staticmethod
