@@ -34,9 +34,7 @@ import functools
 import json
 import os
 import socket
-import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,11 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.model import DispatchKey
-from reconciler.provenance import utc_iso
 from reconciler.state.base import (
     HistoryEntry,
     Intent,
-    LockHeld,
     LockInfo,
     LockLost,
     Provenance,
@@ -57,23 +53,26 @@ from reconciler.state.base import (
     Session,
     Snapshot,
     StateError,
-    current_user,
 )
+from reconciler.state.files import (
+    atomic_write,
+    disk_errors,
+    fsync_dir,
+    identity,
+    is_at,
+    write_all,
+)
+from reconciler.state.lockfile import UNREADABLE_LOCK_ID, HeldLock, LockFile
 from reconciler.state.snapshot import (
     MALFORMED,
     check_sequence,
     pack,
     parse_snapshot,
-    pretty_json,
     snapshot_bytes,
     unpack,
 )
 
 __all__ = ["UNREADABLE_LOCK_ID", "LocalBackend"]
-
-UNREADABLE_LOCK_ID = "unreadable"
-"""The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
-
 
 def _line(data: Any) -> bytes:
     return (json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -82,77 +81,6 @@ def _line(data: Any) -> bytes:
 
 # fdatasync skips the inode's timestamps, which recovery does not need; fsync where it is absent.
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    # One write per line; the loop only matters for a short write (disk full, signal).
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A rename or unlink survives a power loss only once the directory itself is synced.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_temp(path: Path, data: bytes) -> tuple[int, str]:
-    """A new file next to `path` holding `data`, flushed to disk; its open descriptor and name."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return fd, temp
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old content or the new, never a mix."""
-    fd, temp = _write_temp(path, data)
-    os.close(fd)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def _disk_errors(doing: str, where: Path) -> Iterator[None]:
-    """An OSError of the backend's own file operations (a full disk, a read-only directory) as
-    a StateError fit to print, naming the file."""
-    try:
-        yield
-    except OSError as error:
-        shown = error.filename or where
-        raise StateError(f"{shown}: cannot {doing}: {error.strerror or error}") from None
-
-
-def _identity(fd: int) -> tuple[int, int]:
-    status = os.fstat(fd)
-    return status.st_dev, status.st_ino
-
-
-def _is_at(path: str, identity: tuple[int, int]) -> bool:
-    """Whether the open file of that identity is the one at `path` now (not replaced, not
-    deleted). Sound because the file is held open: its inode cannot be reused meanwhile."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (status.st_dev, status.st_ino) == identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +171,8 @@ class LocalBackend:
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self.lease_seconds = lease_seconds
+        self._lock = LockFile(self.lock_path, now=self.now, host=self.host, pid=self.pid,
+                              lease_seconds=lease_seconds)
 
     def describe(self) -> str:
         return str(self.path)
@@ -293,11 +223,11 @@ class LocalBackend:
 
         Without `commit` (an exception) the session's actions stay in the journal for the next
         writer to seal; the lock is always released."""
-        with _disk_errors("take the state lock", self.lock_path):
+        with disk_errors("take the state lock", self.lock_path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = self._acquire(provenance, lock_timeout)
+            lock = self._lock.acquire(provenance, lock_timeout)
         try:
-            with _disk_errors("open a write session", self.journal_path):
+            with disk_errors("open a write session", self.journal_path):
                 session = _LocalSession(self, lock, self._recover(lock), provenance)
             try:
                 yield session
@@ -306,7 +236,7 @@ class LocalBackend:
         finally:
             lock.release()
 
-    def _recover(self, lock: _HeldLock) -> Snapshot:
+    def _recover(self, lock: HeldLock) -> Snapshot:
         """Seal the journal a previous writer left, if it holds actions; then delete it.
 
         Under the journal's flock: a writer forced away from the lock may be committing this
@@ -328,9 +258,9 @@ class LocalBackend:
                 snap = _replay(journal, self.journal_path, snap, summary)
                 self._seal(snap)
             # Sealed now, or folded earlier, or empty: either way nothing in it is still needed.
-            if _is_at(str(self.journal_path), _identity(fd)):
+            if is_at(str(self.journal_path), identity(fd)):
                 self.journal_path.unlink()
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         finally:
             os.close(fd)  # and with it the flock
         return snap
@@ -339,9 +269,9 @@ class LocalBackend:
         # History before state.json: once state.json shows a serial, its history is complete.
         data = snapshot_bytes(snap)
         self.history_dir.mkdir(exist_ok=True)
-        _atomic_write(self._history_file(snap.serial), pack(data))
+        atomic_write(self._history_file(snap.serial), pack(data))
         self._append_index(snap)
-        _atomic_write(self.path, data)
+        atomic_write(self.path, data)
 
     def import_snapshots(self, snapshots: Iterable[Snapshot], provenance: Provenance, *,
                          lock_timeout: float = 0.0) -> None:
@@ -349,16 +279,16 @@ class LocalBackend:
         their commits would have; refused unless there is no state yet. For
         `reconciler.state.migrate`. A copy that fails half way keeps the serials sealed so far:
         the target must be emptied before another try."""
-        with _disk_errors("take the state lock", self.lock_path):
+        with disk_errors("take the state lock", self.lock_path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = self._acquire(provenance, lock_timeout)
+            lock = self._lock.acquire(provenance, lock_timeout)
         try:
-            with _disk_errors("import the state", self.path):
+            with disk_errors("import the state", self.path):
                 self._import(lock, snapshots)
         finally:
             lock.release()
 
-    def _import(self, lock: _HeldLock, snapshots: Iterable[Snapshot]) -> None:
+    def _import(self, lock: HeldLock, snapshots: Iterable[Snapshot]) -> None:
         if self._recover(lock).serial or self.history():
             raise StateError(f"{self.describe()} already has a state; migrate only into an "
                              "empty one")
@@ -378,10 +308,20 @@ class LocalBackend:
             size = os.fstat(fd).st_size
             # A line torn by an earlier crash must not swallow this one.
             torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-            _write_all(fd, (b"\n" if torn else b"") + _line(entry))
+            write_all(fd, (b"\n" if torn else b"") + _line(entry))
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    # -- locking ------------------------------------------------------------------------------
+
+    def current_lock(self) -> tuple[LockInfo, str | None] | None:
+        """The lock holder and why the lock is stale, if it is; None if not locked."""
+        return self._lock.current()
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        """Remove the lock if `lock_id` names it; returns who held it."""
+        return self._lock.force_unlock(lock_id)
 
     # -- history ------------------------------------------------------------------------------
 
@@ -420,173 +360,6 @@ class LocalBackend:
             raise StateError(f"{path}: cannot read: {error.strerror}") from None
         return parse_snapshot(unpack(packed, str(path)), str(path))
 
-    # -- locking ------------------------------------------------------------------------------
-
-    def _acquire(self, provenance: Provenance, timeout: float) -> _HeldLock:
-        deadline = time.monotonic() + timeout
-        while True:
-            held_lock = self._try_lock(provenance)
-            if held_lock is not None:
-                return held_lock
-            held = self.current_lock()
-            remaining = deadline - time.monotonic()
-            if held is not None and remaining <= 0:
-                raise LockHeld(*held)
-            time.sleep(max(0.0, min(0.05, remaining)))
-
-    def _try_lock(self, provenance: Provenance) -> _HeldLock | None:
-        """Take the lock if it is free. The lock file appears with its content already written
-        (written beside it, then hard-linked into place, which fails if a lock exists): a
-        writer killed at any instant leaves either no lock or a complete one, whose dead pid
-        makes it stale at once, never an empty file that would block everyone for a lease."""
-        stamp = utc_iso(self.now())
-        info = LockInfo(str(uuid.uuid4()), provenance.operation, current_user(), self.host,
-                        self.pid, stamp, stamp, provenance.ci_job)
-        draft = self.lock_path.with_name(f".{self.lock_path.name}.{info.lock_id}")
-        fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, self._lock_bytes(info))
-            os.fsync(fd)
-            os.link(draft, self.lock_path)
-        except FileExistsError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        finally:
-            draft.unlink(missing_ok=True)
-        _fsync_dir(self.lock_path.parent)
-        return _HeldLock(self, fd, info)
-
-    def _lock_bytes(self, info: LockInfo) -> bytes:
-        return pretty_json({**dataclasses.asdict(info), "lease_seconds": self.lease_seconds})
-
-    def _read_lock(self) -> tuple[LockInfo, float] | None:
-        try:
-            with self.lock_path.open("rb") as handle:
-                data, mtime = handle.read(), os.fstat(handle.fileno()).st_mtime
-        except FileNotFoundError:
-            return None
-        try:
-            doc = json.loads(data)
-            info = LockInfo(str(doc["lock_id"]), str(doc["operation"]), str(doc["who"]),
-                            str(doc["host"]), int(doc["pid"]), str(doc["created"]),
-                            str(doc["heartbeat"]), doc.get("ci_job"))
-            return info, float(doc.get("lease_seconds", self.lease_seconds))
-        except MALFORMED:
-            # Not written by this tool (locks appear complete; see _try_lock), or damaged:
-            # its age is the file's, so it turns stale after a lease like any other.
-            stamp = utc_iso(datetime.fromtimestamp(mtime, UTC))
-            unknown = "unknown"
-            info = LockInfo(UNREADABLE_LOCK_ID, unknown, unknown, unknown, 0, stamp, stamp)
-            return info, self.lease_seconds
-
-    def current_lock(self) -> tuple[LockInfo, str | None] | None:
-        """The lock holder and why the lock is stale: its process is gone from this host, or
-        its heartbeat is older than its lease. None if the state is not locked."""
-        held = self._read_lock()
-        if held is None:
-            return None
-        info, lease = held
-        if info.host == self.host and info.pid > 0:
-            try:
-                os.kill(info.pid, 0)
-            except ProcessLookupError:
-                return info, f"process {info.pid} is not running on this host"
-            except PermissionError:
-                pass  # alive, owned by another user
-        try:
-            beat = datetime.fromisoformat(info.heartbeat)
-        except ValueError:
-            return info, f"its heartbeat {info.heartbeat!r} is not a time"
-        if beat.tzinfo is None:
-            beat = beat.replace(tzinfo=UTC)
-        age = (self.now() - beat).total_seconds()
-        if age > lease:
-            return info, f"no heartbeat for {age:.0f}s (lease {lease:g}s)"
-        return info, None
-
-    def force_unlock(self, lock_id: str) -> LockInfo:
-        """Remove the lock if `lock_id` names it; returns who held it."""
-        held = self._read_lock()
-        if held is None:
-            raise StateError(f"{self.lock_path}: the state is not locked")
-        info = held[0]
-        if info.lock_id != lock_id:
-            raise StateError(f"lock id does not match: held by {info.describe()}")
-        self.lock_path.unlink(missing_ok=True)
-        return info
-
-
-class _HeldLock:
-    """The lock this process holds: the lock file it created, kept open.
-
-    The lock is ours while the file at `state.lock` is the one we hold open (see the module
-    docstring); a daemon thread refreshes its heartbeat every lease/4 by replacing it with a new
-    file, which then becomes the one we hold."""
-
-    def __init__(self, backend: LocalBackend, fd: int, info: LockInfo) -> None:
-        self._backend = backend
-        self._path = str(backend.lock_path)
-        self._fd = fd
-        self._identity = _identity(fd)
-        self.info = info
-        # orders the heartbeat's swap of the file against `mine` from the session's threads
-        self._mutex = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="state-lock-heartbeat",
-                                        daemon=True)
-        self._thread.start()
-
-    def mine(self) -> bool:
-        """Whether this process still holds the lock (it was not forced away)."""
-        with self._mutex:
-            return _is_at(self._path, self._identity)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._backend.lease_seconds / 4):
-            beat = dataclasses.replace(self.info, heartbeat=utc_iso(self._backend.now()))
-            if not self._refresh(beat):
-                return
-
-    def _refresh(self, info: LockInfo) -> bool:
-        """Replace the lock file with one holding `info`; False once the lock is not ours."""
-        path = self._backend.lock_path
-        try:
-            fd, temp = _write_temp(path, self._backend._lock_bytes(info))
-        except OSError:
-            return True  # a full disk, say: the next beat tries again
-        with self._mutex:
-            # Forced away: never replace the next holder's lock. (Were the lock forced and
-            # taken between this check and the rename, the next holder would find its file
-            # replaced and be refused at its next write: fenced, not overwritten.)
-            if not _is_at(self._path, self._identity):
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                return False
-            try:
-                os.replace(temp, path)
-            except OSError:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                return True
-            os.close(self._fd)
-            self._fd, self._identity, self.info = fd, _identity(fd), info
-        _fsync_dir(path.parent)
-        return True
-
-    def release(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        with self._mutex:
-            if _is_at(self._path, self._identity):
-                self._backend.lock_path.unlink(missing_ok=True)
-            os.close(self._fd)
-
-
 class _LocalSession:
     """A write session: each action is one journal line, durable when the call returns.
 
@@ -598,7 +371,7 @@ class _LocalSession:
 
     serial: int
 
-    def __init__(self, backend: LocalBackend, lock: _HeldLock, base: Snapshot,
+    def __init__(self, backend: LocalBackend, lock: HeldLock, base: Snapshot,
                  provenance: Provenance) -> None:
         self._backend = backend
         self._held = lock
@@ -619,21 +392,21 @@ class _LocalSession:
         except FileExistsError:
             # only the journal of a writer that took the lock from this one can be there
             raise LockLost(backend.describe(), "start a write session") from None
-        self._identity = _identity(self._fd)
+        self._identity = identity(self._fd)
         header = {"lineage": self._lineage, "base_serial": base.serial, "serial": self.serial,
                   "provenance": provenance.to_json()}
         try:
-            _write_all(self._fd, _line(header))
+            write_all(self._fd, _line(header))
             _datasync(self._fd)
             self._check_held("start a write session", maybe_done=True)
         except BaseException:
             self.close()
             raise
-        _fsync_dir(backend.journal_path.parent)
+        fsync_dir(backend.journal_path.parent)
 
     def _check_held(self, doing: str, *, maybe_done: bool = False) -> None:
         """Refuse unless the lock and the journal at their paths are still this session's."""
-        if not (self._held.mine() and _is_at(self._path, self._identity)):
+        if not (self._held.mine() and is_at(self._path, self._identity)):
             raise LockLost(self._backend.describe(), doing, maybe_done=maybe_done)
 
     @contextlib.contextmanager
@@ -657,8 +430,8 @@ class _LocalSession:
         with self._lock:
             if self._closed:
                 raise StateError("the write session is closed")
-            with _disk_errors("record an action", self._backend.journal_path):
-                _write_all(self._fd, data)
+            with disk_errors("record an action", self._backend.journal_path):
+                write_all(self._fd, data)
             # After the write, not before: see the module docstring.
             self._check_held("record an action", maybe_done=True)
             self._actions += len(entries)
@@ -708,7 +481,7 @@ class _LocalSession:
         Call it once every thread using the session has finished."""
         if self._closed:
             raise StateError("the write session is closed")
-        with _disk_errors("commit", self._backend.path), self._fenced("commit"):
+        with disk_errors("commit", self._backend.path), self._fenced("commit"):
             if not self._actions:
                 snap = self._base
             else:
@@ -734,8 +507,8 @@ class _LocalSession:
                 _datasync(self._fd)
                 return
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            if _is_at(self._path, self._identity):
+            if is_at(self._path, self._identity):
                 self._backend.journal_path.unlink(missing_ok=True)
-                _fsync_dir(self._backend.journal_path.parent)
+                fsync_dir(self._backend.journal_path.parent)
         finally:
             os.close(self._fd)  # and with it the flock

@@ -46,7 +46,7 @@ def die() -> None:
 
 def crash_after(step: str) -> None:
     """Kill this process after the commit step `step` (by wrapping the step itself)."""
-    original_write = local._atomic_write
+    original_write = local.atomic_write
     original_index = LocalBackend._append_index
     original_seal = LocalBackend._seal
 
@@ -66,7 +66,7 @@ def crash_after(step: str) -> None:
             die()
         original_seal(self, snap)
 
-    local._atomic_write = atomic_write
+    local.atomic_write = atomic_write
     LocalBackend._append_index = append_index  # type: ignore[method-assign]
     LocalBackend._seal = seal  # type: ignore[method-assign]
 

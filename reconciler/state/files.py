@@ -1,0 +1,82 @@
+"""Small file operations of the local state backend, each safe against a kill at any instant."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from reconciler.state.base import StateError
+
+
+def write_all(fd: int, data: bytes) -> None:
+    # One write per line; the loop only matters for a short write (disk full, signal).
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def fsync_dir(directory: Path) -> None:
+    # A rename or unlink survives a power loss only once the directory itself is synced.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_temp(path: Path, data: bytes) -> tuple[int, str]:
+    """A new file next to `path` holding `data`, flushed to disk; its open descriptor and name."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return fd, temp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: readers see the old content or the new, never a mix."""
+    fd, temp = write_temp(path, data)
+    os.close(fd)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def disk_errors(doing: str, where: Path) -> Iterator[None]:
+    """An OSError of the backend's own file operations (a full disk, a read-only directory) as
+    a StateError fit to print, naming the file."""
+    try:
+        yield
+    except OSError as error:
+        shown = error.filename or where
+        raise StateError(f"{shown}: cannot {doing}: {error.strerror or error}") from None
+
+
+def identity(fd: int) -> tuple[int, int]:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
+
+
+def is_at(path: str, identity: tuple[int, int]) -> bool:
+    """Whether the open file of that identity is the one at `path` now (not replaced, not
+    deleted). Sound because the file is held open: its inode cannot be reused meanwhile."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (status.st_dev, status.st_ino) == identity
