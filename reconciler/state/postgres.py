@@ -64,6 +64,14 @@ from reconciler.state.base import (
     StateError,
     current_user,
 )
+from reconciler.state.postgres_sql import (
+    CLEAR_INTENT,
+    HOLDER_PID,
+    INTEND,
+    MIGRATIONS,
+    PUT,
+    REMOVE,
+)
 from reconciler.state.snapshot import (
     MALFORMED,
     check_sequence,
@@ -92,67 +100,6 @@ UNKNOWN_LOCK_ID = "unknown"
 TERMINATE_WAIT_SECONDS = 10.0
 """How long `force_unlock` waits for the server to end the holder's connection."""
 
-MIGRATIONS: tuple[LiteralString, ...] = (
-    # 1: the initial schema.
-    """
-    CREATE TABLE reconciler_state (
-        workspace text PRIMARY KEY,
-        lineage text NOT NULL,
-        serial bigint NOT NULL DEFAULT 0,
-        provenance jsonb,
-        summary text NOT NULL DEFAULT '',
-        session_id text,
-        pending_serial bigint,
-        pending_provenance jsonb,
-        pending_actions bigint NOT NULL DEFAULT 0,
-        CHECK (pending_actions = 0 OR pending_serial IS NOT NULL)
-    ) WITH (fillfactor = 50);
-    -- every action bumps pending_actions: the free space keeps those updates HOT, on one page
-
-    CREATE TABLE reconciler_dispatch (
-        workspace text NOT NULL,
-        key text NOT NULL,
-        record jsonb NOT NULL,
-        version bigint NOT NULL,
-        PRIMARY KEY (workspace, key)
-    );
-
-    CREATE TABLE reconciler_intent (
-        workspace text NOT NULL,
-        key text NOT NULL,
-        intent jsonb NOT NULL,
-        PRIMARY KEY (workspace, key)
-    );
-
-    CREATE TABLE reconciler_history (
-        workspace text NOT NULL,
-        serial bigint NOT NULL,
-        provenance jsonb,
-        summary text NOT NULL,
-        records integer NOT NULL,
-        snapshot bytea NOT NULL,
-        sealed_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (workspace, serial)
-    );
-    -- already gzip-compressed: TOAST's own compression would only spend CPU on it
-    ALTER TABLE reconciler_history ALTER COLUMN snapshot SET STORAGE EXTERNAL;
-
-    CREATE TABLE reconciler_lock (
-        workspace text PRIMARY KEY,
-        lock_id text NOT NULL,
-        operation text NOT NULL,
-        who text NOT NULL,
-        host text NOT NULL,
-        pid integer NOT NULL,
-        ci_job text,
-        created text NOT NULL,
-        heartbeat text NOT NULL,
-        lease_seconds double precision NOT NULL,
-        backend_pid integer NOT NULL
-    );
-    """,
-)
-"""The schema, as migrations applied in order; append to it, never edit an applied one."""
 
 _SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"reconciler schema").digest()[:8], "big",
                                   signed=True)
@@ -170,72 +117,6 @@ def _one_line(error: BaseException, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "***")
     return text or type(error).__name__
-
-
-# -- a session's actions: in each, `s` counts the action only if the state row still names this
-# session (the fence); the data change runs only if `s` did, and `count(*)` tells which.
-
-_PUT: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
-    i AS (
-        DELETE FROM reconciler_intent
-        WHERE workspace = %(ws)s AND key = %(key)s AND EXISTS (SELECT FROM s)
-    ),
-    d AS (
-        INSERT INTO reconciler_dispatch (workspace, key, record, version)
-        SELECT %(ws)s, %(key)s, %(data)s, %(version)s FROM s
-        ON CONFLICT (workspace, key)
-        DO UPDATE SET record = EXCLUDED.record, version = EXCLUDED.version
-    )
-    SELECT count(*) FROM s"""
-
-_REMOVE: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
-    d AS (
-        DELETE FROM reconciler_dispatch
-        WHERE workspace = %(ws)s AND key = %(key)s AND EXISTS (SELECT FROM s)
-    )
-    SELECT count(*) FROM s"""
-
-_INTEND: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
-    d AS (
-        INSERT INTO reconciler_intent (workspace, key, intent)
-        SELECT %(ws)s, %(key)s, %(data)s FROM s
-        ON CONFLICT (workspace, key) DO UPDATE SET intent = EXCLUDED.intent
-    )
-    SELECT count(*) FROM s"""
-
-_CLEAR_INTENT: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
-    d AS (
-        DELETE FROM reconciler_intent
-        WHERE workspace = %(ws)s AND key = %(key)s AND EXISTS (SELECT FROM s)
-    )
-    SELECT count(*) FROM s"""
-
-_HOLDER_PID: LiteralString = """
-    SELECT pid FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND objsubid = 1
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND classid::bigint = %s AND objid::bigint = %s
-    LIMIT 1"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -596,7 +477,7 @@ class PostgresBackend:
     def _holder_pid(self, conn: Connection) -> int | None:
         """The server process (backend) holding the workspace's advisory lock, if any."""
         unsigned = self._key & 0xFFFF_FFFF_FFFF_FFFF
-        row = conn.execute(_HOLDER_PID, (unsigned >> 32, unsigned & 0xFFFF_FFFF)).fetchone()
+        row = conn.execute(HOLDER_PID, (unsigned >> 32, unsigned & 0xFFFF_FFFF)).fetchone()
         return int(row[0]) if row else None
 
     def current_lock(self) -> tuple[LockInfo, str | None] | None:
@@ -796,24 +677,24 @@ class _PostgresSession:
 
     def put_many(self, records: Sequence[Record]) -> None:
         """`put` for several dispatches in one transaction."""
-        self._record_all(_PUT, [(r.key, Jsonb(dataclasses.replace(r, version=self.serial)
+        self._record_all(PUT, [(r.key, Jsonb(dataclasses.replace(r, version=self.serial)
                                               .to_json())) for r in records],
                          version=self.serial)
 
     def remove(self, key: DispatchKey) -> None:
         """Forget a dispatch; a key not in the state is not an error."""
-        self._record(_REMOVE, key)
+        self._record(REMOVE, key)
 
     def intend(self, intent: Intent) -> None:
         """Durable even across a power loss before it returns: it guards a create."""
-        self._record(_INTEND, intent.key, Jsonb(intent.to_json()))
+        self._record(INTEND, intent.key, Jsonb(intent.to_json()))
 
     def intend_many(self, intents: Sequence[Intent]) -> None:
         """Several intents in one transaction, so one commit (one WAL flush) for the batch."""
-        self._record_all(_INTEND, [(i.key, Jsonb(i.to_json())) for i in intents])
+        self._record_all(INTEND, [(i.key, Jsonb(i.to_json())) for i in intents])
 
     def clear_intent(self, key: DispatchKey) -> None:
-        self._record(_CLEAR_INTENT, key)
+        self._record(CLEAR_INTENT, key)
 
     def commit(self, summary: str) -> Snapshot:
         """Seal the session as its serial in one transaction; with no actions, leave the serial
