@@ -17,7 +17,8 @@ Several states share one database, each named by a `workspace`; every table is k
   the server releases it when the holder's connection ends, whatever killed the holder;
 - `reconciler_schema_version`: the migrations applied (`MIGRATIONS`, in order).
 
-Each recorded action is one statement in its own implicit transaction: the row change and
+Each recorded action is one statement in its own implicit transaction (a batch from
+`intend_many`/`put_many`: one transaction for all of them): the row change and
 `pending_actions + 1` commit together, or not at all, and are durable when the call returns
 (`synchronous_commit` is turned on for the session if the server has it off). `commit` seals
 the session in one transaction: a history row with the snapshot built from the rows, then the
