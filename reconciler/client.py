@@ -18,6 +18,7 @@ What it promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -46,8 +47,9 @@ TASK_NOT_IN_PROJECT = "FDI.3180"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _REGION = re.compile(r"[a-z0-9-]+")
 _SECRET_HEADERS = ("x-auth-token", "authorization")
-_DEFAULT_HEADERS = {"Accept": "application/json", "User-Agent": f"reconciler/{__version__}"}
-_POST_HEADERS = {**_DEFAULT_HEADERS, "Content-Type": CONTENT_TYPE}
+_DEFAULT_HEADERS = ((b"Accept", b"application/json"),
+                    (b"User-Agent", f"reconciler/{__version__}".encode()))
+_BODY_HEADERS = (*_DEFAULT_HEADERS, (b"Content-Type", CONTENT_TYPE.encode()))
 # Raised before a byte of the request reached the server: even a POST may be sent again.
 _NOT_SENT: tuple[type[Exception], ...] = (
     httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
@@ -109,6 +111,7 @@ class DispatchClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
+        self._urls = EndpointUrls(self._endpoint)
         self._auth = auth
         self._given = transport
         self._transport: httpx.AsyncBaseTransport | None = None
@@ -144,7 +147,7 @@ class DispatchClient:
             raise ReconcilerError("the API client is closed")
         if self._depth == 0:
             self._transport = self._given or async_for_endpoint(
-                self._endpoint, self._verifying_context(), self._connect_timeout,
+                self._endpoint, self._verifying_context, self._connect_timeout,
                 self._read_timeout)
         self._depth += 1
         return self
@@ -236,17 +239,22 @@ class DispatchClient:
         Returns any response that is not retried (2xx, 4xx other than 429, ...); raises ApiError
         when retries are exhausted and OutcomeUnknown when a POST may have been processed.
         """
-        content = None if body is None else json.dumps(
+        content = b"" if body is None else json.dumps(
             body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = _POST_HEADERS if content is not None else _DEFAULT_HEADERS
+        url = self._urls.at(path)
+        # What httpx.Request(content=...) would send, assembled here: its own assembly parses and
+        # re-validates the headers and the body, which costs several times this.
+        headers = [(b"Host", url.netloc), *_DEFAULT_HEADERS] if body is None else [
+            (b"Host", url.netloc), *_BODY_HEADERS, (b"Content-Length", b"%d" % len(content))]
         attempt = 0
         renewed = False
-        url = self._endpoint + path
         while True:
             if self._closed:
                 raise ReconcilerError("the API client is closed")
-            request = httpx.Request(method, url, content=content, headers=headers,
+            request = httpx.Request(method, url, headers=headers,
+                                    stream=httpx.ByteStream(content),
                                     extensions={"timeout": self._timeout})
+            request.read()  # the body is in memory: this makes `request.content` available
             self._auth.apply(request)
             started = time.monotonic()
             delay: float | None = None
@@ -393,6 +401,50 @@ def _checked_endpoint(text: str) -> str:
         raise ReconcilerError(f"invalid endpoint {short(text)}: https is required "
                               "(plain http only for 127.0.0.1, ::1 or localhost)")
     return text.rstrip("/")
+
+
+class EndpointUrls:
+    """The `httpx.URL`s of paths under the endpoint, built without parsing each one.
+
+    `httpx.URL(text)` parses and re-validates the whole URL, 40 to 80 µs: with 50 requests in
+    flight that was a fifth of the client's CPU per create. The endpoint is parsed once; the
+    paths added to it are made of fixed ASCII words and ids checked against [A-Za-z0-9_-]
+    (`_path`), which need no quoting, so the parsed endpoint with its path extended is exactly
+    what parsing the joined text gives. Extending it relies on httpx keeping its parse in the
+    named tuple `URL._uri_reference`, which is not public: so the first URL is also parsed the
+    public way, and if the two differ in any part (a future httpx), every URL is parsed.
+    """
+
+    __slots__ = ("_base", "_endpoint", "_fast")
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        self._base: Any = None
+        self._fast: bool | None = None  # unknown until the first URL is compared
+
+    def at(self, path: str) -> httpx.URL:
+        """The URL of `path` (starting with "/", characters needing no quoting) under the
+        endpoint."""
+        if self._fast:
+            return self._extended(path)
+        parsed = httpx.URL(self._endpoint + path)
+        if self._fast is None:
+            self._fast = False
+            with contextlib.suppress(Exception):  # whatever a different httpx raises
+                self._base = httpx.URL(self._endpoint)._uri_reference
+                self._fast = _same_url(self._extended(path), parsed)
+        return parsed
+
+    def _extended(self, path: str) -> httpx.URL:
+        url = httpx.URL.__new__(httpx.URL)
+        url._uri_reference = self._base._replace(path=self._base.path + path)
+        return url
+
+
+def _same_url(one: httpx.URL, other: httpx.URL) -> bool:
+    return all(getattr(one, part) == getattr(other, part) for part in (
+        "scheme", "userinfo", "host", "port", "netloc", "raw_path", "path", "query", "fragment",
+        "raw_host")) and str(one) == str(other)
 
 
 def _path(key: DispatchKey, method: str) -> str:

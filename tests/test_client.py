@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import string
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -10,9 +11,17 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.auth import CredentialsError, TokenAuth, auth_from_env
-from reconciler.client import ApiError, DispatchClient, OutcomeUnknown, endpoint_for
+from reconciler.client import (
+    ApiError,
+    DispatchClient,
+    EndpointUrls,
+    OutcomeUnknown,
+    endpoint_for,
+)
 from reconciler.model import DispatchKey, ReconcilerError, Spec
 from tests.factories import Blocking
 
@@ -525,3 +534,75 @@ def test_token_with_control_characters_is_refused_without_echoing_it() -> None:
     with pytest.raises(CredentialsError, match="RECONCILER_TOKEN") as caught:
         auth_from_env({"RECONCILER_TOKEN": "abc\r\nX-Evil: 1"})
     assert "Evil" not in str(caught.value)
+
+
+# -- URLs and requests built without httpx's parsing ---------------------------------------------
+
+_ID = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=64)
+_ENDPOINT = st.builds(
+    lambda scheme, host, port, prefix: f"{scheme}://{host}{port}{prefix}",
+    st.sampled_from(["https", "http"]),
+    st.sampled_from(["roma.cn-north-4.myhuaweicloud.com", "127.0.0.1", "[::1]", "localhost",
+                     "xn--bcher-kva.example", "GW.Example.COM"]),
+    st.sampled_from(["", ":443", ":8443", ":80", ":1"]),
+    st.sampled_from(["", "/", "/roma", "/a%20b/c", "/r%C3%A9/x/", "/~user/p"]),
+)
+_PARTS = ("scheme", "userinfo", "host", "port", "netloc", "raw_path", "path", "query",
+          "fragment", "raw_host")
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ENDPOINT, st.lists(_ID, min_size=1, max_size=4))
+def test_endpoint_urls_are_what_parsing_gives(endpoint: str, ids: list[str]) -> None:
+    endpoint = endpoint.rstrip("/")
+    urls = EndpointUrls(endpoint)
+    for n in range(3):  # the first is parsed and compared; the others are built
+        path = "/v2/" + "/".join(ids) + f"/dispatches{n}"
+        built, parsed = urls.at(path), httpx.URL(endpoint + path)
+        assert [getattr(built, part) for part in _PARTS] == [
+            getattr(parsed, part) for part in _PARTS]
+        assert str(built) == str(parsed)
+        assert built == parsed
+
+
+def test_endpoint_urls_fall_back_to_parsing_when_httpx_differs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import reconciler.client as client_module
+
+    # A future httpx whose URLs do not extend the way this one's do.
+    monkeypatch.setattr(client_module, "_same_url", lambda one, other: False)
+    urls = EndpointUrls("https://roma.example.com/roma")
+    for n in range(3):
+        assert str(urls.at(f"/v2/p/t{n}")) == f"https://roma.example.com/roma/v2/p/t{n}"
+    monkeypatch.undo()
+
+    def missing(self: EndpointUrls, path: str) -> httpx.URL:
+        raise AttributeError("_uri_reference")  # what a URL without those internals raises
+
+    monkeypatch.setattr(EndpointUrls, "_extended", missing)
+    urls = EndpointUrls("https://roma.example.com")
+    assert [str(urls.at(f"/x{n}")) for n in range(2)] == [
+        "https://roma.example.com/x0", "https://roma.example.com/x1"]
+
+
+@pytest.mark.parametrize(("method", "spec"), [("POST", CRON), ("PUT", PERIOD), ("GET", None)])
+def test_requests_carry_what_httpx_would_have_built(method: str, spec: Spec | None) -> None:
+    script = Script(ok())
+    client = make(script)
+    if method == "POST":
+        client.create(KEY, CRON)
+    elif method == "PUT":
+        client.update(KEY, "d1", PERIOD)
+    else:
+        client.show(KEY)
+    (sent,) = script.requests
+    content = None if spec is None else json.dumps(
+        spec.body(), ensure_ascii=False, separators=(",", ":")).encode()
+    headers = {"Accept": "application/json", "User-Agent": sent.headers["User-Agent"],
+               "X-Auth-Token": TOKEN}
+    if content is not None:
+        headers["Content-Type"] = "application/json;charset=UTF-8"
+    expected = httpx.Request(method, str(sent.url), content=content, headers=headers)
+    assert sorted(sent.headers.multi_items()) == sorted(expected.headers.multi_items())
+    assert sent.content == expected.content
+    assert sent.url == expected.url
