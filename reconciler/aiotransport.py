@@ -27,6 +27,7 @@ import asyncio
 import re
 import ssl
 import urllib.request
+from collections.abc import Callable
 
 import httpx
 
@@ -40,19 +41,22 @@ _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)"
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 
 _Origin = tuple[str, str, int]
+TlsContext = ssl.SSLContext | Callable[[], ssl.SSLContext]
+"""A context, or what makes it on first use: loading the CA store takes about 50 ms, which a
+plain-http endpoint (the emulator) never needs."""
 
 # Parser states.
 _HEAD, _LENGTH, _CHUNK_LINE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE, _DONE = range(7)
 
 
-def async_for_endpoint(endpoint: str, ssl_context: ssl.SSLContext, connect_timeout: float,
+def async_for_endpoint(endpoint: str, ssl_context: TlsContext, connect_timeout: float,
                        read_timeout: float) -> httpx.AsyncBaseTransport:
     """This module's transport, or httpx's own when the environment names a proxy for the
     endpoint's scheme that its host does not bypass (`HTTPS_PROXY`, `NO_PROXY`, ...)."""
     url = httpx.URL(endpoint)
     proxies = urllib.request.getproxies()
     if proxies.get(url.scheme) and not urllib.request.proxy_bypass(url.host):
-        return httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=True)
+        return httpx.AsyncHTTPTransport(verify=_resolved(ssl_context), trust_env=True)
     return AsyncHttp1Transport(ssl_context, connect_timeout, read_timeout)
 
 
@@ -65,7 +69,7 @@ class AsyncHttp1Transport(httpx.AsyncBaseTransport):
     the request's `extensions["timeout"]["read"]` when it is a number, else `read_timeout`.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext, connect_timeout: float, read_timeout: float,
+    def __init__(self, ssl_context: TlsContext, connect_timeout: float, read_timeout: float,
                  max_idle: int = 100) -> None:
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
@@ -110,13 +114,19 @@ class AsyncHttp1Transport(httpx.AsyncBaseTransport):
             self._release(origin, connection)
         else:
             connection.abort()
-        return httpx.Response(
+        response = httpx.Response(
             status_code=parser.status,
             headers=parser.headers,
             stream=httpx.ByteStream(parser.body),
             request=request,
             extensions={"http_version": parser.http_version, "reason_phrase": parser.reason},
         )
+        if not parser.encoded:
+            # The body is complete and has no content-coding to undo: it is the content as
+            # `aread()` would join it, through async generators, a chunker and a decoder that
+            # cost as much CPU as the rest of the exchange. (`aread()` itself returns it then.)
+            response._content = parser.body
+        return response
 
     async def aclose(self) -> None:
         """Close every connection, idle or busy (a busy exchange then fails with ReadError)."""
@@ -146,6 +156,10 @@ class AsyncHttp1Transport(httpx.AsyncBaseTransport):
         self._idle.setdefault(origin, []).append(connection)
         self._idle_count += 1
 
+    def _tls_context(self) -> ssl.SSLContext:
+        self._ssl_context = context = _resolved(self._ssl_context)
+        return context
+
     async def _connect(self, origin: _Origin, request: httpx.Request) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
@@ -155,7 +169,7 @@ class AsyncHttp1Transport(httpx.AsyncBaseTransport):
                 # asyncio sets TCP_NODELAY on every TCP connection it makes.
                 _, connection = await loop.create_connection(
                     lambda: _Connection(loop), host, port,
-                    ssl=self._ssl_context if tls else None,
+                    ssl=self._tls_context() if tls else None,
                     server_hostname=host if tls else None)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out",
@@ -164,6 +178,10 @@ class AsyncHttp1Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}",
                                      request=request) from exc
         return connection
+
+
+def _resolved(context: TlsContext) -> ssl.SSLContext:
+    return context if isinstance(context, ssl.SSLContext) else context()
 
 
 def _serialise(request: httpx.Request, body: bytes) -> bytes:
@@ -310,14 +328,15 @@ class ResponseParser:
     """Incremental parser of one HTTP/1.0 or 1.1 response, interim 1xx responses skipped.
 
     `feed` the bytes as they arrive and `feed_eof` at the end of the stream; each returns whether
-    the response is complete. Anything malformed or over the limits (head `MAX_HEAD`, body
+    the response is complete. `encoded` tells that the body has a content-coding (gzip, ...) other
+    than identity. Anything malformed or over the limits (head `MAX_HEAD`, body
     `MAX_BODY`) raises httpx.RemoteProtocolError. Trailers of a chunked body are checked and
     dropped. `leftover` tells that bytes followed the response, which no request asked for.
     """
 
     __slots__ = ("_buf", "_chunks", "_remaining", "_scan", "_state", "_total", "body",
-                 "head_request", "headers", "http_version", "keep_alive", "reason", "received",
-                 "status")
+                 "encoded", "head_request", "headers", "http_version", "keep_alive", "reason",
+                 "received", "status")
 
     def __init__(self, head_request: bool = False) -> None:
         self.head_request = head_request
@@ -326,6 +345,7 @@ class ResponseParser:
         self.http_version = b"HTTP/1.1"
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
+        self.encoded = False
         self.keep_alive = False
         self.received = False
         self._buf = bytearray()
@@ -420,6 +440,9 @@ class ResponseParser:
                 codings += (item.strip(b" \t").lower() for item in value.split(b","))
             elif lower == b"connection":
                 connection += (item.strip(b" \t").lower() for item in value.split(b","))
+            elif lower == b"content-encoding":
+                self.encoded |= any(item.strip(b" \t").lower() not in (b"", b"identity")
+                                    for item in value.split(b","))
         if http11:
             self.keep_alive = b"close" not in connection
         else:

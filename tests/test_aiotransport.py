@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import random
 import shutil
 import socket
 import ssl
 import subprocess
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
@@ -261,6 +263,39 @@ def test_chunked_body_with_extensions_and_trailers() -> None:
                 assert (await send(t, "GET", server.url)).content == b"hello world!"
             await t.aclose()
             assert server.connections == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate, gzip"])
+def test_a_content_coded_body_is_decoded_by_httpx(coding: str) -> None:
+    payload = b'{"dispatch_id": "d1"}'
+    # Codings are listed in the order they were applied.
+    body = gzip.compress(zlib.compress(payload) if coding.startswith("deflate") else payload)
+    response = (b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+                % (coding.encode(), len(body), body))
+
+    async def main() -> None:
+        async with Server(answering(response)) as server:
+            t = transport()
+            got = await t.handle_async_request(httpx.Request("GET", server.url))
+            assert await got.aread() == payload
+            await t.aclose()
+
+    run(main())
+
+
+def test_an_identity_body_is_the_content_at_once() -> None:
+    response = b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def main() -> None:
+        async with Server(answering(response, OK)) as server:
+            t = transport()
+            for _ in range(2):
+                got = await t.handle_async_request(httpx.Request("GET", server.url))
+                assert got.content == b"{}"  # no aread() needed: the body was complete
+                assert got.json() == {}
+            await t.aclose()
 
     run(main())
 
@@ -557,15 +592,37 @@ def test_tls_certificate_not_signed_by_a_trusted_ca_is_refused(tmp_path: Path) -
                 await send(transport(), "GET", server.url)
             # Trusting that certificate explicitly makes the same request succeed, so the
             # failure above was the verification and nothing else.
-            trusting = AsyncHttp1Transport(ssl.create_default_context(cafile=str(cert)), 2, 2)
+            made: list[ssl.SSLContext] = []
+
+            def trusting_context() -> ssl.SSLContext:
+                made.append(ssl.create_default_context(cafile=str(cert)))
+                return made[-1]
+
+            trusting = AsyncHttp1Transport(trusting_context, 2, 2, max_idle=0)
+            assert made == []  # built on the first TLS connection, not before
             for _ in range(2):
                 assert (await send(trusting, "GET", server.url)).content == b"{}"
             await trusting.aclose()
-            # The refused handshake never reached the handler; the two requests shared one.
-            assert server.connections == 1
+            # The refused handshake never reached the handler; with nothing kept idle, each
+            # request had its own connection, and the context was built once for both.
+            assert server.connections == 2
+            assert len(made) == 1
 
     # The server's side of the refused handshake, reported in asyncio's debug mode.
     run(main(), expected="Error on transport creation for incoming connection")
+
+
+def test_plain_http_never_builds_a_tls_context() -> None:
+    def refuse() -> ssl.SSLContext:
+        raise AssertionError("a TLS context was built for plain http")
+
+    async def main() -> None:
+        async with Server(answering(OK)) as server:
+            t = AsyncHttp1Transport(refuse, 2, 2)
+            assert (await send(t, "GET", server.url)).content == b"{}"
+            await t.aclose()
+
+    run(main())
 
 
 def test_proxy_from_environment_uses_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
