@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
@@ -108,12 +108,47 @@ class Applier:
     async def _run(self, work: list[Action],
                    pending_intents: set[DispatchKey]) -> list[ActionResult]:
         progress = Progress(total=len(work))
+        settling: list[asyncio.Future[ActionResult]] = []
 
-        async def one(action: Action) -> ActionResult:
+        def finished(result: ActionResult, started: float, trace: _Trace) -> ActionResult:
+            result = replace(result, duration=self.clock() - started, calls=tuple(trace.calls))
+            progress.done += 1
+            progress.failed += 0 if result.ok else 1
+            if self.on_result is not None:
+                self.on_result(result, progress)
+            return result
+
+        def once_recorded(result: ActionResult, started: float,
+                          trace: _Trace) -> asyncio.Future[ActionResult]:
+            """The result, final when the record is durable (or failed to be)."""
+            final: asyncio.Future[ActionResult] = asyncio.get_running_loop().create_future()
+
+            def settle(recorded: asyncio.Future[None]) -> None:
+                error = None if recorded.cancelled() else recorded.exception()
+                if isinstance(error, ReconcilerError):
+                    final.set_result(finished(ActionResult(result.action, False, "failed",
+                                                           error=str(error)), started, trace))
+                elif error is not None:
+                    final.set_exception(error)
+                elif recorded.cancelled():
+                    final.cancel()
+                else:
+                    final.set_result(finished(result, started, trace))
+
+            if trace.recorded is None:
+                final.set_result(finished(result, started, trace))
+            else:
+                trace.recorded.add_done_callback(settle)
+                settling.append(final)
+            return final
+
+        async def one(action: Action) -> asyncio.Future[ActionResult]:
+            """The action's API calls; its result is final once its record is durable, which
+            this worker does not wait for (see `_record`)."""
             started = self.clock()
-            calls: list[str] = []
+            trace = _Trace()
             try:
-                result = await self._apply(action, action.key in pending_intents, calls)
+                result = await self._apply(action, action.key in pending_intents, trace)
             except OutcomeUnknown as exc:
                 result = ActionResult(action, False, "unknown", error=f"{exc}; the next apply "
                                       "checks the API before creating", status=exc.status)
@@ -121,83 +156,81 @@ class Applier:
                 result = ActionResult(action, False, "failed", error=str(exc), status=exc.status)
             except ReconcilerError as exc:
                 result = ActionResult(action, False, "failed", error=str(exc))
-            result = replace(result, duration=self.clock() - started, calls=tuple(calls))
-            progress.done += 1
-            progress.failed += 0 if result.ok else 1
-            if self.on_result is not None:
-                self.on_result(result, progress)
-            return result
+            return once_recorded(result, started, trace)
 
         creates = [a for a in work if a.kind is ActionKind.CREATE and a.after is not None]
         async with self.api, Recorder(self.session) as recorder:
             self._recorder = recorder
             self._intents = IntentsAhead(recorder, creates, self._intent, self.parallelism)
             try:
-                return await bounded_map(one, work, self.parallelism)
+                results = await bounded_map(one, work, self.parallelism)
+                return [await result for result in results]
             finally:
                 await self._intents.release_unused()
+                # After an unexpected error: the records queued still settle, and are awaited.
+                await asyncio.gather(*settling, return_exceptions=True)
 
     def _intent(self, action: Action) -> Intent:
         assert action.after is not None
-        return Intent(action.key, uuid.uuid4().hex, "create", self.provenance.time,
+        return Intent(action.key, secrets.token_hex(16), "create", self.provenance.time,
                       action.after.fingerprint)
 
     # -- one action --------------------------------------------------------------------------
 
     async def _apply(self, action: Action, pending_intent: bool,
-                     calls: list[str]) -> ActionResult:
+                     trace: _Trace) -> ActionResult:
         kind = action.kind
         desired = action.after
         if desired is None:
             raise ReconcilerError(f"the plan's {kind.value} action has no desired spec")
         if kind is ActionKind.CREATE:
             return await self._create(action, desired, pending_intent or action.pending_intent,
-                                      calls)
+                                      trace)
         if kind is ActionKind.IMPORT:
-            return await self._import(action, calls)
+            return await self._import(action, trace)
         dispatch_id = action.dispatch_id
         if dispatch_id is None:
             raise ReconcilerError(f"the plan's {kind.value} action has no dispatch id")
         if kind is ActionKind.UPDATE:
-            return await self._update(action, dispatch_id, desired, "updated", calls)
+            return await self._update(action, dispatch_id, desired, "updated", trace)
         if kind is ActionKind.DRIFT:
             if action.writes_remote:
-                return await self._update(action, dispatch_id, desired, "reverted drift", calls)
-            live = await self._show(action.key, calls)
+                return await self._update(action, dispatch_id, desired, "reverted drift", trace)
+            live = await self._show(action.key, trace)
             if live is None:
                 raise ReconcilerError("the dispatch no longer exists remotely; plan again")
-            await self._record(action, live)
+            self._record(action, live, trace)
             return ActionResult(action, True, "refreshed", live.dispatch_id)
         raise ReconcilerError(f"cannot apply a {kind.value} action")
 
     async def _create(self, action: Action, desired: Spec, resolve_first: bool,
-                      calls: list[str]) -> ActionResult:
+                      trace: _Trace) -> ActionResult:
         key = action.key
         if resolve_first:
-            live = await self._show(key, calls)
+            live = await self._show(key, trace)
             if live is not None:
-                return await self._adopt(action, live, desired, calls)
+                return await self._adopt(action, live, desired, trace)
         for attempt in range(MAX_RESOLVE_ROUNDS):
             if attempt == 0:
                 await self._intents.ready(action)
             else:
                 await self._recorder.intend(self._intent(action))
             try:
-                calls.append("POST")
+                trace.calls.append("POST")
                 created = await self.api.create(key, desired)
             except OutcomeUnknown:
-                live = await self._show(key, calls)
+                live = await self._show(key, trace)
                 if live is not None:
-                    return await self._adopt(action, live, desired, calls)
+                    return await self._adopt(action, live, desired, trace)
                 continue  # nothing was created: the POST is sent again, under a new intent
             except ApiError as exc:
                 if exc.status in REFUSED_AS_EXISTING:
                     # The API keeps one schedule per task, and refuses a second: one may have
                     # been created by a POST of ours whose answer was lost (a killed run) and
                     # processed late. Adopting it is what the intent asked for.
-                    live = await self._show(key, calls)
+                    live = await self._show(key, trace)
                     if live is not None:
-                        return await self._adopt(action, live, desired, calls)
+                        return await self._adopt(action, live, desired, trace)
                 await self._recorder.clear_intent(key)
                 raise
             except ReconcilerError:
@@ -205,7 +238,7 @@ class Applier:
                 # no create can be pending, and none may be reported as interrupted.
                 await self._recorder.clear_intent(key)
                 raise
-            await self._record(action, created, desired)
+            self._record(action, created, trace, desired)
             return ActionResult(action, True, "created", created.dispatch_id)
         raise OutcomeUnknown(
             f"the create's outcome stayed unknown after {MAX_RESOLVE_ROUNDS} attempts",
@@ -213,41 +246,57 @@ class Applier:
         )
 
     async def _adopt(self, action: Action, live: RemoteDispatch, desired: Spec,
-                     calls: list[str]) -> ActionResult:
+                     trace: _Trace) -> ActionResult:
         """A dispatch exists although our create's outcome was unknown: take it as ours."""
         if live.spec != desired:
             return await self._update(action, live.dispatch_id, desired, "adopted and updated",
-                                      calls)
-        await self._record(action, live)
+                                      trace)
+        self._record(action, live, trace)
         return ActionResult(action, True, "adopted", live.dispatch_id)
 
-    async def _import(self, action: Action, calls: list[str]) -> ActionResult:
-        live = await self._show(action.key, calls)
+    async def _import(self, action: Action, trace: _Trace) -> ActionResult:
+        live = await self._show(action.key, trace)
         if live is None:
             raise ReconcilerError("the dispatch to import no longer exists; plan again")
         desired = action.after
         if desired is not None and live.spec != desired:
             return await self._update(action, live.dispatch_id, desired,
-                                      "imported and updated", calls)
-        await self._record(action, live)
+                                      "imported and updated", trace)
+        self._record(action, live, trace)
         return ActionResult(action, True, "imported", live.dispatch_id)
 
     async def _update(self, action: Action, dispatch_id: str, desired: Spec, outcome: str,
-                      calls: list[str]) -> ActionResult:
-        calls.append("PUT")
+                      trace: _Trace) -> ActionResult:
+        trace.calls.append("PUT")
         updated = await self.api.update(action.key, dispatch_id, desired)
-        await self._record(action, updated, desired)
+        self._record(action, updated, trace, desired)
         return ActionResult(action, True, outcome, updated.dispatch_id)
 
-    async def _show(self, key: DispatchKey, calls: list[str]) -> RemoteDispatch | None:
-        calls.append("GET")
+    async def _show(self, key: DispatchKey, trace: _Trace) -> RemoteDispatch | None:
+        trace.calls.append("GET")
         return await self.api.show(key)
 
-    async def _record(self, action: Action, dispatch: RemoteDispatch,
-                      sent: Spec | None = None) -> None:
-        """Record what the API returned; the spec is what we sent when it echoes less."""
-        await self._recorder.put(record_of(action.key, action.name, action.source, dispatch,
-                                           provenance=self.provenance, sent=sent))
+    def _record(self, action: Action, dispatch: RemoteDispatch, trace: _Trace,
+                sent: Spec | None = None) -> None:
+        """Queue the record of what the API returned (the spec is what we sent when it echoes
+        less); the action's result waits for it to be durable, its worker does not.
+
+        Waiting would hold a worker slot for a round trip through the recorder thread and the
+        loop, about a quarter of each create's time with 50 in flight, for nothing: the key's
+        intent is durable, so if the record never lands (a kill), the next apply resolves the
+        key with a GET, and no later write of this run concerns the key.
+        """
+        trace.recorded = self._recorder.put(record_of(
+            action.key, action.name, action.source, dispatch, provenance=self.provenance,
+            sent=sent))
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What one action did: the API calls made, and the write of its record once queued."""
+
+    calls: list[str] = field(default_factory=list)
+    recorded: asyncio.Future[None] | None = None
 
 
 class IntentsAhead:

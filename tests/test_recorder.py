@@ -22,6 +22,7 @@ class SlowSession:
     """Each durable flush takes a while, like fdatasync; records what was called, by whom."""
 
     serial = 2
+    quick_puts = False
 
     def __init__(self, flush: float = 0.01, fail_intents: bool = False) -> None:
         self.flush = flush
@@ -127,4 +128,48 @@ def test_using_a_recorder_that_is_not_running_is_an_error() -> None:
         await recorder.put(record("t1"))
 
     with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(main())
+
+
+class QuickSession(SlowSession):
+    """Records are appended without a flush, like the local journal's."""
+
+    quick_puts = True
+
+    def __init__(self, fail_puts: bool = False) -> None:
+        super().__init__()
+        self.fail_puts = fail_puts
+
+    def put_many(self, records: Sequence[Record]) -> None:
+        if self.fail_puts:
+            raise StateError("journal gone")
+        super().put_many(records)
+
+
+def test_quick_records_are_written_inline_and_intents_still_off_the_loop() -> None:
+    session = QuickSession()
+
+    async def main() -> str:
+        async with Recorder(session) as recorder:
+            await recorder.intend(intent("t1"))
+            written = recorder.put(record("t1"))
+            # Written before put() returned: nothing was handed to the thread.
+            assert written.done()
+            assert session.puts == [key("t1")]
+            await written
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert session.threads == {"state-recorder", loop_thread}
+    assert session.batches == [[key("t1")]]
+
+
+def test_a_quick_record_that_fails_fails_its_future() -> None:
+    session = QuickSession(fail_puts=True)
+
+    async def main() -> None:
+        async with Recorder(session) as recorder:
+            await recorder.put(record("t1"))
+
+    with pytest.raises(StateError, match="journal gone"):
         asyncio.run(main())

@@ -215,6 +215,10 @@ class Session(Protocol):
     put, remove, intend and clear_intent may be called from several threads at once."""
 
     serial: int
+    quick_puts: bool
+    """True when `put`/`put_many` return without waiting on a device or a server (an append to
+    a local file, no flush): an event loop may then call them inline rather than from a thread.
+    """
 
     def put(self, record: Record) -> None: ...
 

@@ -370,6 +370,7 @@ class _LocalSession:
     """
 
     serial: int
+    quick_puts = True  # a record is one appended line; only intents are flushed
 
     def __init__(self, backend: LocalBackend, lock: HeldLock, base: Snapshot,
                  provenance: Provenance) -> None:

@@ -640,6 +640,7 @@ class _PostgresSession:
     trip each)."""
 
     serial: int
+    quick_puts = False  # every write is a round trip to the server
 
     def __init__(self, backend: PostgresBackend, held: _HeldLock, session_id: str,
                  serial: int, provenance: Provenance) -> None:
