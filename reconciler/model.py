@@ -92,6 +92,8 @@ class Spec:
     dispatch_interval: int | None = None
     start_datetime: int | None = None
     remark: str | None = None
+    # Computed on first use: a create's intent and its record both carry it.
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def use_quartz_cron(self) -> bool:
@@ -108,7 +110,11 @@ class Spec:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of(self.body())
+        known = self._fingerprint
+        if known is None:
+            known = fingerprint_of(self.body())
+            object.__setattr__(self, "_fingerprint", known)  # frozen, but only a cache
+        return known
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Spec:

@@ -146,6 +146,20 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
     assert a.fingerprint.startswith("sha256:")
 
 
+def test_a_remembered_fingerprint_changes_nothing_else_about_a_spec() -> None:
+    a = Spec(cron="0 0 2 * * ?", remark="x")
+    fresh = Spec(cron="0 0 2 * * ?", remark="x")
+    first = a.fingerprint
+    assert a.fingerprint == first
+    # Computed once, it is still not part of equality, hashing or the repr.
+    assert a == fresh
+    assert hash(a) == hash(fresh)
+    assert repr(a) == repr(fresh)
+    changed = replace(a, remark="y")  # a new spec: its own fingerprint, not a's
+    assert changed.fingerprint != first
+    assert changed.fingerprint == Spec(cron="0 0 2 * * ?", remark="y").fingerprint
+
+
 def test_key_whose_live_read_failed_is_planned_offline() -> None:
     # t1's GET failed (absent from the map): no "create again", no import guess.
     remote_map = {key("t2"): None}
