@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -10,6 +14,11 @@ import pytest
 pytest_plugins = ("tests.pg",)
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The tests (and the commands they start) keep their cached schema validator to themselves.
+_CACHE = tempfile.mkdtemp(prefix="reconciler-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 HEADER = """\
 version: 1
