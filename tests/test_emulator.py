@@ -551,6 +551,30 @@ def test_disconnect_while_the_answer_is_delayed() -> None:
         assert get(emu.url + PATH, headers=HEADERS).status_code == 200
 
 
+def test_a_client_that_half_closes_still_gets_its_delayed_answers() -> None:
+    with Emulator(latency_ms=50) as emu, connect(emu) as sock, \
+            sock.makefile("rb") as stream:
+        sock.sendall(request("POST", body=json.dumps(CRON).encode()) + request())
+        sock.shutdown(socket.SHUT_WR)  # all it will send
+        assert [read_response(stream)[0] for _ in range(2)] == [200, 200]
+        assert stream.read() == b""  # then the server closes
+
+
+def test_a_pipelining_flood_is_answered_in_full_and_in_order() -> None:
+    # Far more than the server buffers while an answer is delayed: it stops reading, and
+    # reads on once it has answered.
+    body = json.dumps(CRON).encode() + b" " * 200_000
+    count = 40
+    with Emulator(latency_ms=5) as emu, connect(emu) as sock, sock.makefile("rb") as stream:
+        sender = threading.Thread(target=sock.sendall,
+                                  args=(request("PUT", path=PATH + "/d1", body=body) * count,))
+        sender.start()
+        statuses = [read_response(stream)[0] for _ in range(count)]
+        sender.join()
+    assert statuses == [404] * count  # no dispatch d1: each one answered
+    assert emu.calls(KEY) == {"PUT": count}
+
+
 def test_expect_100_continue(emu: Emulator) -> None:
     body = json.dumps(CRON).encode()
     with connect(emu) as sock, sock.makefile("rb") as stream:

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8787, help="port (0: pick a free one)")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
-                        help="added latency per request")
+                        help="answer each dispatch request N ms after it arrived (default 0)")
     parser.add_argument("--data", metavar="FILE", help="persist dispatches in this JSON file")
     parser.add_argument("--token", help="accept only this X-Auth-Token (default: any non-empty)")
     parser.add_argument("--seed", type=int, help="seed for fault injection and ids")

@@ -1,17 +1,20 @@
-"""The emulator's HTTP/1.1 server: `asyncio.start_server` in a background thread.
+"""The emulator's HTTP/1.1 server: an asyncio Protocol served from a background thread.
 
 A minimal HTTP/1.1 server rather than `http.server`: the emulator is the far end of the apply and
-refresh benchmarks, on the same 2 cores as the client, so its CPU per request bounds them.
-`http.server` (a thread per connection, `email` header parsing) costs about twice the CPU per
-request of this; with asyncio streams the emulator answers 1,000 requests from 50 clients with
-about 0.2 s of CPU here (`python bench/apply.py`, and bench/refresh.py). Injected latency is an
-asyncio sleep, so a slow request holds no thread.
+refresh benchmarks, on the same 2 cores as the client, so its CPU per request, and how late it
+answers, bound them. `http.server` (a thread per connection, `email` header parsing) costs about
+twice the CPU per request of asyncio streams, and streams were replaced in turn by this Protocol:
+bytes are parsed in the loop's callback as they arrive, and the answer is written by a timer set
+for the request's arrival plus the injected latency. With streams, a request waited for its task
+to be scheduled before its latency even began, so under 50 concurrent clients answers came
+several milliseconds late and `python bench/apply.py` measured the emulator as much as the client.
 
 What it speaks: `Content-Length` bodies only (chunked requests get 411), keep-alive and
-pipelining, `Expect: 100-continue`, 64 KiB of header, 1 MiB of body. A malformed request is
-answered 4xx/5xx with `Connection: close`, after which the connection is half-closed and what the
-client still sends is discarded for up to a second: closing with unread data would reset the
-connection and could destroy the answer.
+pipelining (answered in order; reading pauses while more than a request's worth waits),
+`Expect: 100-continue`, 64 KiB of header, 1 MiB of body. A malformed request is answered 4xx/5xx
+with `Connection: close`, after which the connection is half-closed and what the client still
+sends is discarded for up to a second: closing with unread data would reset the connection and
+could destroy the answer.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class HttpServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: set[_Connection] = set()
 
     def start(self) -> None:
         """Serve in a background thread; returns once the server is accepting."""
@@ -116,79 +119,173 @@ class HttpServer:
             self._listener.close()
 
     async def _serve(self, started: Future[None]) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
-        # The stream limit is the header limit: readuntil() refuses to buffer more.
-        server = await asyncio.start_server(self._connection, sock=self._listener,
-                                            limit=MAX_HEAD)
+        server = await loop.create_server(
+            lambda: _Connection(self._app, self._connections), sock=self._listener)
         started.set_result(None)
         try:
             await self._closing.wait()
         finally:
             server.close()
-            while self._connections:  # idle keep-alive ones included
-                for task in self._connections:
-                    task.cancel()
-                await asyncio.gather(*self._connections, return_exceptions=True)
+            for connection in list(self._connections):  # idle keep-alive ones included
+                connection.abort()
             await server.wait_closed()
             await asyncio.sleep(0)  # let the closed transports release their sockets
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        # Answers leave in one write each; still, no Nagle delay may ever hold one back.
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while await self._exchange(reader, writer):
-                pass
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            # The client went away (maybe mid-request), or stop() cancelled us: ending
-            # normally also spares Python 3.11's stream callback a cancelled task.
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
 
-    async def _exchange(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> bool:
-        """Read, answer and write one request; whether the connection stays open."""
-        try:
-            request = parse_head(await reader.readuntil(b"\r\n\r\n"))
-        except (BadRequest, asyncio.LimitOverrunError) as exc:
-            status, message = exc.args if isinstance(exc, BadRequest) else \
-                (431, f"the header exceeds {MAX_HEAD} bytes")
-            log.debug("emulator: refused a request: %d %s", status, message)
-            writer.write(encode(refusal(status, message), "close"))
-            # Half-close, then discard what the client still sends (for up to a second):
-            # closing with unread data would reset the connection and could lose the answer.
-            writer.write_eof()
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                async with asyncio.timeout(_DISCARD_SECONDS):
-                    while await reader.read(1 << 16):
-                        pass
-            return False
-        body = b""
-        if request.length:
-            if request.headers.get("expect", "").lower() == "100-continue":
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await reader.readexactly(request.length)
-        connection = request.connection
+class _Connection(asyncio.Protocol):
+    """One client connection, answered in order, one request at a time.
+
+    Driven by the event loop's callbacks: bytes are parsed as they arrive, and a request's
+    answer is written by a timer `latency` after it arrived, so the answer time is the latency
+    itself, not the latency plus the time this server took to get round to the request. The
+    loop wakes no task and makes no stream objects per request.
+    """
+
+    def __init__(self, app: Application, registry: set[_Connection]) -> None:
+        self._app = app
+        self._registry = registry
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._head: Request | None = None  # parsed, its body still arriving
+        self._busy = False  # a request is being answered: later ones wait in the buffer
+        self._continued = False
+        self._discarding = False
+        self._eof = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._registry.add(self)
+        # Answers leave in one write each; still, no Nagle delay may ever hold one back.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._registry.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()  # the client went away (maybe mid-request)
+        self._transport = None
+
+    def eof_received(self) -> bool:
+        # The client has sent all it will: what is complete is still answered, then we close.
+        self._eof = True
+        if self._discarding or not self._busy:
+            self._close()
+        return True  # keep the write side open for an answer still to come
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        self._buffer += data
+        if not self._busy:
+            self._next()
+        elif len(self._buffer) > MAX_HEAD + MAX_BODY and self._transport is not None:
+            self._transport.pause_reading()  # pipelined faster than answered: wait
+
+    def abort(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _next(self) -> None:
+        """Start answering the next complete request in the buffer, if any."""
+        transport = self._transport
+        if transport is None or self._busy:
+            return
+        buffer = self._buffer
+        request = self._head
+        if request is None:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD:
+                    self._refuse(431, f"the header exceeds {MAX_HEAD} bytes")
+                elif self._eof:
+                    self._close()
+                return
+            if end + 4 > MAX_HEAD:
+                self._refuse(431, f"the header exceeds {MAX_HEAD} bytes")
+                return
+            try:
+                request = parse_head(bytes(buffer[:end + 4]))
+            except BadRequest as exc:
+                self._refuse(*exc.args)
+                return
+            del buffer[:end + 4]
+            self._head = request
+            self._continued = False
+        if len(buffer) < request.length:
+            if self._eof:
+                self._close()
+                return
+            if not self._continued and request.headers.get(
+                    "expect", "").lower() == "100-continue":
+                self._continued = True
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        body = bytes(buffer[:request.length])
+        del buffer[:request.length]
+        self._head = None
+        self._busy = True
         try:
             delay, answer = self._app.receive(request, body)
-            if delay > 0:
-                await asyncio.sleep(delay)  # holds no thread
+        except Exception:
+            log.exception("emulator: %s %s failed", request.method, request.target)
+            self._busy = False
+            transport.write(encode(_server_error(), "close"))
+            transport.close()
+            return
+        if delay > 0:
+            self._timer = asyncio.get_running_loop().call_later(
+                delay, self._answer, request, answer)
+        else:
+            self._answer(request, answer)
+
+    def _answer(self, request: Request, answer: Callable[[], Reply]) -> None:
+        self._timer = None
+        self._busy = False
+        transport = self._transport
+        if transport is None:
+            return
+        connection = request.connection
+        try:
             reply = answer()
         except Exception:
             log.exception("emulator: %s %s failed", request.method, request.target)
             reply, connection = _server_error(), "close"
         log.debug("emulator: %s %s: %s", request.method, request.target, reply.status)
         if reply.drop:
-            return False
-        writer.write(encode(reply, connection, head_only=request.method == "HEAD"))
-        await writer.drain()
-        return connection != "close"
+            transport.close()
+            return
+        transport.write(encode(reply, connection, head_only=request.method == "HEAD"))
+        if connection == "close" or transport.is_closing():
+            transport.close()
+            return
+        if not transport.is_reading():
+            transport.resume_reading()
+        self._next()  # a pipelined request may be waiting; at EOF, the end
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that cannot be read, then half-close and discard what the client
+        still sends, for up to a second: closing with unread data would reset the connection
+        and could destroy the answer."""
+        log.debug("emulator: refused a request: %d %s", status, message)
+        transport = self._transport
+        assert transport is not None
+        self._busy = self._discarding = True
+        self._buffer.clear()
+        transport.write(encode(refusal(status, message), "close"))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_DISCARD_SECONDS, self._close)
 
 
 def _server_error() -> Reply:
