@@ -139,24 +139,30 @@ class QuickSession(SlowSession):
     def __init__(self, fail_puts: bool = False) -> None:
         super().__init__()
         self.fail_puts = fail_puts
+        self.put_calls = 0
 
     def put_many(self, records: Sequence[Record]) -> None:
         if self.fail_puts:
             raise StateError("journal gone")
+        self.put_calls += 1
         super().put_many(records)
 
 
-def test_quick_records_are_written_inline_and_intents_still_off_the_loop() -> None:
+def test_quick_records_are_written_on_the_loop_together_and_intents_off_it() -> None:
     session = QuickSession()
 
     async def main() -> str:
         async with Recorder(session) as recorder:
             await recorder.intend(intent("t1"))
-            written = recorder.put(record("t1"))
-            # Written before put() returned: nothing was handed to the thread.
-            assert written.done()
-            assert session.puts == [key("t1")]
-            await written
+            burst = [recorder.put(record(f"t{n}")) for n in range(1, 4)]
+            assert session.puts == []  # queued: written when this pass of the loop ends
+            await asyncio.sleep(0)
+            assert all(done.done() for done in burst)
+            assert session.puts == [key("t1"), key("t2"), key("t3")]
+            assert session.put_calls == 1  # one write for the burst
+            last = recorder.put(record("t4"))  # still queued when the recorder stops
+        assert last.done()
+        assert session.puts[-1] == key("t4")
         return threading.current_thread().name
 
     loop_thread = asyncio.run(main())
