@@ -2,8 +2,10 @@
 
 Concurrency is coroutines on one event loop (`--parallelism` of them), not threads: with 50
 requests in flight, threads spent more CPU contending for the GIL than on HTTP, and the client's
-CPU, not the network, bounded the run. State writes go through a `Recorder` thread so that a
-durable intent or a database round trip never stalls the requests in flight.
+CPU, not the network, bounded the run. State writes go through a `Recorder` (a thread for durable
+intents and database round trips, the loop itself for the local journal's records) so that none
+stalls the requests in flight; a worker takes its next action as soon as the API has answered,
+and the action's result is final once its record is durable.
 
 Exactly once: the create endpoint is called only for `create` actions, and never twice for a key.
 Before each POST an intent is written durably; a POST whose outcome is unknown (timeout, dropped
