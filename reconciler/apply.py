@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from reconciler.client import ApiError, OutcomeUnknown
@@ -62,6 +62,11 @@ class ActionResult:
     duration: float = 0.0
     calls: tuple[str, ...] = ()
 
+    def finished(self, duration: float, calls: tuple[str, ...]) -> ActionResult:
+        # Spelled out: dataclasses.replace inspects the fields on every call, at ~10 µs.
+        return ActionResult(self.action, self.ok, self.outcome, self.dispatch_id, self.error,
+                            self.status, duration, calls)
+
 
 @dataclass
 class Progress:
@@ -96,6 +101,9 @@ class Applier:
         self.on_result = on_result
         self.clock = clock
         self._recorder: Recorder  # the running apply's, set by _run
+        # Intent ids: unique per run, then a sequence (one random draw, not one per intent).
+        self._run_id = secrets.token_hex(8)
+        self._intents_made = 0
         self._intents: IntentsAhead  # likewise
 
     def run(
@@ -113,7 +121,7 @@ class Applier:
         settling: list[asyncio.Future[ActionResult]] = []
 
         def finished(result: ActionResult, started: float, trace: _Trace) -> ActionResult:
-            result = replace(result, duration=self.clock() - started, calls=tuple(trace.calls))
+            result = result.finished(self.clock() - started, tuple(trace.calls))
             progress.done += 1
             progress.failed += 0 if result.ok else 1
             if self.on_result is not None:
@@ -174,8 +182,9 @@ class Applier:
 
     def _intent(self, action: Action) -> Intent:
         assert action.after is not None
-        return Intent(action.key, secrets.token_hex(16), "create", self.provenance.time,
-                      action.after.fingerprint)
+        self._intents_made += 1
+        return Intent(action.key, f"{self._run_id}-{self._intents_made}", "create",
+                      self.provenance.time, action.after.fingerprint)
 
     # -- one action --------------------------------------------------------------------------
 
@@ -290,7 +299,7 @@ class Applier:
         """
         trace.recorded = self._recorder.put(record_of(
             action.key, action.name, action.source, dispatch, provenance=self.provenance,
-            sent=sent))
+            sent=sent, version=self.session.serial))
 
 
 @dataclass(slots=True)
@@ -332,13 +341,17 @@ class IntentsAhead:
             end = min(len(self._creates), position + 2 * self._window)
             batch = self._creates[self._written:end]
             self._written = end
-            flush = asyncio.ensure_future(
+            written = asyncio.ensure_future(
                 self._recorder.intend_many([self._intent(a) for a in batch]))
             for ahead in batch:
-                self._flushes[ahead.key] = flush
+                self._flushes[ahead.key] = written
         self._started.add(action.key)
+        flush = self._flushes[action.key]
+        if flush.done():  # the usual case: written ahead while earlier requests were in flight
+            flush.result()  # raises as the flush did
+            return
         # Shielded: a waiter that is cancelled must not cancel the flush the others wait for.
-        await asyncio.shield(self._flushes[action.key])
+        await asyncio.shield(flush)
 
     async def release_unused(self) -> None:
         """Clear the intents written for creates that were never started."""
@@ -350,7 +363,7 @@ class IntentsAhead:
 
 
 def record_of(key: DispatchKey, name: str, source: str, dispatch: RemoteDispatch, *,
-              provenance: Provenance, sent: Spec | None = None) -> Record:
+              provenance: Provenance, sent: Spec | None = None, version: int = 0) -> Record:
     """The state record of a dispatch the API returned, with who recorded it and when."""
     return Record(
         key=key,
@@ -364,6 +377,7 @@ def record_of(key: DispatchKey, name: str, source: str, dispatch: RemoteDispatch
         applied_by=provenance.actor,
         commit=provenance.commit,
         ci_job=provenance.ci_job,
+        version=version,
     )
 
 

@@ -447,7 +447,9 @@ class _LocalSession:
         """`put` for several dispatches, in one write."""
         if not records:
             return
-        stored = [dataclasses.replace(record, version=self.serial) for record in records]
+        serial = self.serial
+        stored = [record if record.version == serial else dataclasses.replace(
+            record, version=serial) for record in records]
         self._append_all([({"op": "put", "key": str(r.key), "record": r.to_json()},
                            functools.partial(self._store, r)) for r in stored])
 
