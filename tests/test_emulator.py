@@ -575,6 +575,18 @@ def test_a_pipelining_flood_is_answered_in_full_and_in_order() -> None:
     assert emu.calls(KEY) == {"PUT": count}
 
 
+def test_a_request_whose_client_reset_the_connection_is_still_carried_out() -> None:
+    with Emulator(latency_ms=100) as emu:
+        with connect(emu) as sock:
+            sock.sendall(request("POST", body=json.dumps(CRON).encode()))
+            time.sleep(0.02)  # arrived, its answer pending
+            # Gone with a reset, as a killed process with unread data goes.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.2)
+        assert list(emu.dispatches()) == [KEY]
+        assert emu.calls(KEY) == {"POST": 1}
+
+
 def test_expect_100_continue(emu: Emulator) -> None:
     body = json.dumps(CRON).encode()
     with connect(emu) as sock, sock.makefile("rb") as stream:

@@ -165,9 +165,9 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A complete request whose answer is pending is still carried out, as an API does when
+        # its client has gone (a killed apply): only the answer is lost.
         self._registry.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()  # the client went away (maybe mid-request)
         self._transport = None
 
     def eof_received(self) -> bool:
@@ -252,9 +252,6 @@ class _Connection(asyncio.Protocol):
     def _answer(self, request: Request, answer: Callable[[], Reply]) -> None:
         self._timer = None
         self._busy = False
-        transport = self._transport
-        if transport is None:
-            return
         connection = request.connection
         try:
             reply = answer()
@@ -262,6 +259,9 @@ class _Connection(asyncio.Protocol):
             log.exception("emulator: %s %s failed", request.method, request.target)
             reply, connection = _server_error(), "close"
         log.debug("emulator: %s %s: %s", request.method, request.target, reply.status)
+        transport = self._transport
+        if transport is None:  # the client has gone
+            return
         if reply.drop:
             transport.close()
             return
