@@ -30,6 +30,11 @@ class Auth(Protocol):
         """What to check when the API refuses the credentials (401/403), fit to append to the
         error message; names variables, never values."""
 
+    def ready(self, request: httpx.Request) -> bool:
+        """Whether `apply(request)` runs at once, without waiting on the network (for a token
+        from IAM, say). When it would wait, the client calls it from a worker thread, so that
+        the event loop and the other requests in flight go on meanwhile."""
+
     def apply(self, request: httpx.Request) -> None:
         """Add the authentication headers to `request` (called for every attempt)."""
 
@@ -56,6 +61,9 @@ class TokenAuth:
                 "it must be the X-Subject-Token value returned by IAM"
             )
         self._token = token
+
+    def ready(self, request: httpx.Request) -> bool:
+        return True
 
     def apply(self, request: httpx.Request) -> None:
         request.headers["X-Auth-Token"] = self._token

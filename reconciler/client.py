@@ -255,7 +255,10 @@ class DispatchClient:
                                     stream=httpx.ByteStream(content),
                                     extensions={"timeout": self._timeout})
             request.read()  # the body is in memory: this makes `request.content` available
-            self._auth.apply(request)
+            if self._auth.ready(request):
+                self._auth.apply(request)
+            else:  # waits on IAM: in a thread, while the loop serves the requests in flight
+                await asyncio.to_thread(self._auth.apply, request)
             started = time.monotonic()
             delay: float | None = None
             try:

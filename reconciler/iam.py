@@ -131,6 +131,17 @@ class PasswordAuth:
         return (f"PasswordAuth(user={self._user!r}, domain={self._domain!r}, "
                 f"iam_endpoint={self._endpoint!r}, password=***)")
 
+    def ready(self, request: httpx.Request) -> bool:
+        """False when `apply` would ask IAM for the project's token first."""
+        match = _PROJECT_PATH.search(request.url.path)
+        if match is None:
+            return True  # apply refuses it at once
+        project_id = match.group(1)
+        cached = self._tokens.get(project_id)
+        if cached is not None and self._clock() < cached.refresh_at:
+            return True
+        return project_id in self._failures  # remembered: raised again at once
+
     def apply(self, request: httpx.Request) -> None:
         """Set `X-Auth-Token` for the request's project. Raises IamError when IAM issues none,
         CredentialsError when the path names no project."""

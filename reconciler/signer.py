@@ -360,6 +360,9 @@ class AkSkAuth:
     def invalidate(self, request: httpx.Request) -> bool:
         return False  # a key pair is not renewed: signing again would be refused again
 
+    def ready(self, request: httpx.Request) -> bool:
+        return True  # signing is local
+
     def apply(self, request: httpx.Request) -> None:
         """Sign `request` in place for this attempt (fresh date, replaces any Authorization).
 

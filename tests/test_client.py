@@ -406,6 +406,9 @@ class RenewingAuth:
         self.token = 1
         self.renewals = renewals
 
+    def ready(self, request: httpx.Request) -> bool:
+        return True
+
     def apply(self, request: httpx.Request) -> None:
         request.headers["X-Auth-Token"] = f"tok{self.token}"
 

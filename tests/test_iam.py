@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from reconciler.auth import CredentialsError
+from reconciler.client import DispatchClient
 from reconciler.emulator import Emulator
 from reconciler.iam import (
     DOMAIN_ENV,
@@ -24,7 +26,7 @@ from reconciler.iam import (
     iam_endpoint_for,
     password_from_env,
 )
-from reconciler.model import ReconcilerError
+from reconciler.model import DispatchKey, ReconcilerError
 
 USER, PASSWORD, DOMAIN = "deployer", "Pa55word!-never-shown", "acme-account"
 IAM = "https://iam.cn-north-4.myhuaweicloud.com"
@@ -477,3 +479,39 @@ def test_a_wrong_password_against_the_emulator(emu: Emulator, clock: Clock) -> N
         assert "wrong-password" not in str(caught.value)
     assert emu.iam_calls() == {"issued": 0, "refused": 1}
     assert not emu.dispatches()
+
+
+def test_the_event_loop_goes_on_while_a_token_is_fetched(iam: FakeIam, clock: Clock) -> None:
+    released = threading.Event()
+    order: list[str] = []
+
+    def slow_for_other(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["auth"]["scope"]["project"]["id"] == OTHER:
+            released.wait(5)
+            order.append("token for the other project")
+        return iam(request)
+
+    auth = PasswordAuth(USER, PASSWORD, DOMAIN, IAM, transport=httpx.MockTransport(
+        slow_for_other), clock=clock, sleep=lambda _: None)
+    sent_token(auth, dispatch_url(PROJECT))  # this project's token is cached already
+
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"dispatch_id": "d1", "use_quartz_cron": True,
+                                         "cron": "0 0 2 * * ?"})
+
+    client = DispatchClient("https://roma.example.com", auth,
+                            transport=httpx.MockTransport(api))
+
+    async def main() -> None:
+        async with client:
+            other = asyncio.ensure_future(client.show(DispatchKey(OTHER, "i1", "t1")))
+            await asyncio.sleep(0.05)  # its token is being fetched now
+            assert not auth.ready(httpx.Request("GET", dispatch_url(OTHER)))
+            await client.show(DispatchKey(PROJECT, "i1", "t1"))
+            order.append("request in the cached project")
+            released.set()
+            assert (await other) is not None
+
+    asyncio.run(main())
+    assert order == ["request in the cached project", "token for the other project"]
+    assert auth.ready(httpx.Request("GET", dispatch_url(OTHER)))
