@@ -811,3 +811,41 @@ def test_a_lock_file_appears_complete_and_a_draft_left_by_a_kill_blocks_nobody(
         assert json.loads(backend.lock_path.read_bytes())["lock_id"] == held[0].lock_id
         session.commit("s")
     assert backend.current_lock() is None
+
+
+def test_the_holder_sweeps_away_drafts_left_long_ago(state: Path) -> None:
+    backend = LocalBackend(state)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    old = state.parent / f".{backend.lock_path.name}.killed-long-ago"
+    recent = state.parent / f".{backend.lock_path.name}.being-written-now"
+    other = state.parent / "unrelated.file"
+    for path in (old, recent, other):
+        path.write_bytes(b'{"lock_id": "half')
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(other, (an_hour_ago, an_hour_ago))
+    with backend.write_session(PROV) as session:
+        session.commit("s")
+    assert not old.exists()
+    assert recent.exists()  # perhaps another writer's, about to be linked: left alone
+    assert other.exists()
+
+
+def test_a_writer_whose_draft_was_swept_tries_again(state: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(state)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    link = os.link
+    swept: list[str] = []
+
+    def link_after_a_sweep(source: str, target: str) -> None:
+        if not swept:  # the first draft disappears before it is linked
+            swept.append(str(source))
+            os.unlink(source)
+        link(source, target)
+
+    monkeypatch.setattr(os, "link", link_after_a_sweep)
+    with backend.write_session(PROV) as session:
+        session.commit("s")
+    assert len(swept) == 1
+    assert backend.current_lock() is None

@@ -4,7 +4,8 @@
 by a heartbeat thread every lease/4. It is stale when its process is gone from this host or its
 heartbeat is older than its lease. The lock belongs to whoever created the file now at the path:
 the holder keeps its file open, so the inode cannot be reused and mistaken for another's, and
-`HeldLock.mine()` tells whether it was forced away.
+`HeldLock.mine()` tells whether it was forced away. A lock file is written as a draft beside it
+and linked into place; drafts that a killed writer left are swept by the next holder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from reconciler.state.snapshot import MALFORMED, pretty_json
 
 UNREADABLE_LOCK_ID = "unreadable"
 """The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
+
+DRAFT_MAX_AGE = 60.0
+"""Seconds after which a lock draft is swept away: a draft lives for milliseconds, between its
+writing and its linking into place, so an older one was left by a writer killed meanwhile."""
 
 
 class LockFile:
@@ -67,7 +72,7 @@ class LockFile:
             write_all(fd, self.content(info))
             os.fsync(fd)
             os.link(draft, self.path)
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):  # taken; or our draft swept as stale
             os.close(fd)
             return None
         except BaseException:
@@ -76,7 +81,17 @@ class LockFile:
         finally:
             draft.unlink(missing_ok=True)
         fsync_dir(self.path.parent)
+        self._sweep_drafts()
         return HeldLock(self, fd, info)
+
+    def _sweep_drafts(self) -> None:
+        """Remove the drafts that writers killed while locking left behind (by the holder of
+        the lock, so that they do not pile up); a failure to remove one is no error."""
+        cutoff = time.time() - DRAFT_MAX_AGE
+        for draft in self.path.parent.glob(f".{self.path.name}.*"):
+            with contextlib.suppress(OSError):
+                if draft.lstat().st_mtime < cutoff:
+                    draft.unlink()
 
     def content(self, info: LockInfo) -> bytes:
         return pretty_json({**dataclasses.asdict(info), "lease_seconds": self.lease_seconds})
