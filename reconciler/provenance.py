@@ -6,14 +6,13 @@ committer identity and HEAD) and fall back to the OS user.
 
 from __future__ import annotations
 
-import getpass
 import socket
 import subprocess
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.state.base import Provenance
+from reconciler.state.base import Provenance, current_user
 
 
 def utc_iso(moment: datetime) -> str:
@@ -43,25 +42,18 @@ def _git(cwd: Path, *args: str) -> str | None:
     return output if result.returncode == 0 and output else None
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def actor(environ: Mapping[str, str], cwd: Path) -> str:
     if environ.get("GITHUB_ACTIONS") == "true" and environ.get("GITHUB_ACTOR"):
         return f"{environ['GITHUB_ACTOR']} (GitHub Actions)"
     if environ.get("GITLAB_CI") == "true" and environ.get("GITLAB_USER_LOGIN"):
         return f"{environ['GITLAB_USER_LOGIN']} (GitLab CI)"
     if environ.get("CI"):
-        return f"{_os_user()} (CI)"
+        return f"{current_user()} (CI)"
     name = _git(cwd, "config", "user.name")
     email = _git(cwd, "config", "user.email")
     if name and email:
         return f"{name} <{email}>"
-    return name or email or _os_user()
+    return name or email or current_user()
 
 
 def commit(environ: Mapping[str, str], cwd: Path) -> str | None:

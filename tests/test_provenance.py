@@ -62,7 +62,7 @@ def test_outside_git_falls_back_to_the_os_user(tmp_path: Path,
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "none"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    monkeypatch.setattr(provenance, "_os_user", lambda: "builder")
+    monkeypatch.setattr(provenance, "current_user", lambda: "builder")
     who = provenance.current("apply", {}, NOW, tmp_path)
     assert who.actor == "builder"
     assert who.commit is None
