@@ -119,6 +119,7 @@ class Applier:
                    pending_intents: set[DispatchKey]) -> list[ActionResult]:
         progress = Progress(total=len(work))
         settling: list[asyncio.Future[ActionResult]] = []
+        broken: list[BaseException] = []  # raised while reporting a result: stops the workers
 
         def finished(result: ActionResult, started: float, trace: _Trace) -> ActionResult:
             result = result.finished(self.clock() - started, tuple(trace.calls))
@@ -134,16 +135,26 @@ class Applier:
             final: asyncio.Future[ActionResult] = asyncio.get_running_loop().create_future()
 
             def settle(recorded: asyncio.Future[None]) -> None:
-                error = None if recorded.cancelled() else recorded.exception()
-                if isinstance(error, ReconcilerError):
-                    final.set_result(finished(ActionResult(result.action, False, "failed",
-                                                           error=str(error)), started, trace))
-                elif error is not None:
-                    final.set_exception(error)
-                elif recorded.cancelled():
-                    final.cancel()
-                else:
-                    final.set_result(finished(result, started, trace))
+                # A done-callback: whatever happens here must settle `final`, or the run would
+                # wait for it forever, holding the lock. An error of the reporting (a closed
+                # pipe, a full disk under --report) ends the run as it would in a worker.
+                if final.done():  # cancelled: the run was interrupted
+                    return
+                try:
+                    error = None if recorded.cancelled() else recorded.exception()
+                    if isinstance(error, ReconcilerError):
+                        final.set_result(finished(ActionResult(
+                            result.action, False, "failed", error=str(error)), started, trace))
+                    elif error is not None:
+                        final.set_exception(error)
+                    elif recorded.cancelled():
+                        final.cancel()
+                    else:
+                        final.set_result(finished(result, started, trace))
+                except BaseException as exc:  # handed on to the awaiting run
+                    broken.append(exc)
+                    if not final.done():
+                        final.set_exception(exc)
 
             if trace.recorded is None:
                 final.set_result(finished(result, started, trace))
@@ -155,6 +166,8 @@ class Applier:
         async def one(action: Action) -> asyncio.Future[ActionResult]:
             """The action's API calls; its result is final once its record is durable, which
             this worker does not wait for (see `_record`)."""
+            if broken:
+                raise broken[0]
             started = self.clock()
             trace = _Trace()
             try:

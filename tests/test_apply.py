@@ -299,3 +299,37 @@ def test_a_run_that_stops_clears_the_intents_of_creates_it_never_started(
     assert len(state.intents) <= 2
     assert not set(state.intents) & set(state.records)
     assert len(state.records) + len(state.intents) <= 40
+
+
+def test_a_failure_to_report_a_result_ends_the_run_instead_of_hanging(
+        backend: LocalBackend) -> None:
+    # As when stdout is a closed pipe (`reconciler apply | head -1`) or --report hits a full disk.
+    api = FakeApi()
+    desired = [schedule(f"t{n:03d}") for n in range(30)]
+    plan = make_plan(desired, backend.read(), desired_digest="d", created_at="now")
+    reported: list[str] = []
+
+    def report(result: Any, progress: Any) -> None:
+        if len(reported) == 3:
+            raise BrokenPipeError("the reader has gone")
+        reported.append(result.action.key.task_id)
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        with backend.write_session(WHO) as session:
+            try:
+                Applier(api, session, WHO, parallelism=4, on_result=report).run(
+                    plan.actions, set())
+            except BaseException as exc:  # what the run ended with
+                outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the run hung"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], BrokenPipeError)
+    # The workers stopped taking actions once reporting had failed.
+    assert sum(n for (method, _), n in api.calls.items() if method == "POST") < 30
+    assert backend.current_lock() is None
