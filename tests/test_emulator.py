@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import io
 import json
@@ -23,7 +24,7 @@ import pytest
 
 from reconciler.auth import TokenAuth
 from reconciler.client import DispatchClient, OutcomeUnknown
-from reconciler.emulator import Emulator, Reply, add_arguments, run_from_args
+from reconciler.emulator import Emulator, Reply, add_arguments, run_from_args, server
 from reconciler.model import DispatchKey, ReconcilerError, Spec
 from reconciler.signer import AkSkAuth
 from tests.factories import Blocking
@@ -585,6 +586,62 @@ def test_a_request_whose_client_reset_the_connection_is_still_carried_out() -> N
         time.sleep(0.2)
         assert list(emu.dispatches()) == [KEY]
         assert emu.calls(KEY) == {"POST": 1}
+
+
+def test_thousands_of_pipelined_requests_are_all_answered(emu: Emulator) -> None:
+    count = 3000  # answered at once (no latency), one after another on one connection
+    with connect(emu) as sock, sock.makefile("rb") as stream:
+        sender = threading.Thread(target=sock.sendall, args=(request() * count,))
+        sender.start()
+        statuses = [read_response(stream)[0] for _ in range(count)]
+        sender.join()
+    assert statuses == [404] * count
+    assert emu.calls(KEY) == {"GET": count}
+
+
+class _Transport(asyncio.Transport):
+    """What the server's connection sees of a socket whose reader has stopped reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.reading = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _Answering:
+    def receive(self, request: Any, body: bytes) -> tuple[float, Callable[[], Reply]]:
+        return 0.0, lambda: Reply(200, {"path": request.target})
+
+
+def test_no_more_requests_are_read_while_the_client_does_not_read_its_answers() -> None:
+    connection = server._Connection(_Answering(), set())
+    transport = _Transport()
+    connection.connection_made(transport)
+    connection.data_received(request(path="/a"))
+    assert len(transport.written) == 1
+    connection.pause_writing()  # the write buffer is full: the client is not reading
+    assert not transport.reading
+    connection.data_received(request(path="/b") + request(path="/c"))
+    assert len(transport.written) == 1  # held back, not piled up in the write buffer
+    connection.resume_writing()
+    assert transport.reading
+    assert [json.loads(answer.split(b"\r\n\r\n", 1)[1])["path"]
+            for answer in transport.written] == ["/a", "/b", "/c"]
 
 
 def test_expect_100_continue(emu: Emulator) -> None:

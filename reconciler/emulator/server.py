@@ -10,7 +10,8 @@ to be scheduled before its latency even began, so under 50 concurrent clients an
 several milliseconds late and `python bench/apply.py` measured the emulator as much as the client.
 
 What it speaks: `Content-Length` bodies only (chunked requests get 411), keep-alive and
-pipelining (answered in order; reading pauses while more than a request's worth waits),
+pipelining (answered in order; reading pauses while more than a request's worth waits, and while
+the client leaves its answers unread),
 `Expect: 100-continue`, 64 KiB of header, 1 MiB of body. A malformed request is answered 4xx/5xx
 with `Connection: close`, after which the connection is half-closed and what the client still
 sends is discarded for up to a second: closing with unread data would reset the connection and
@@ -153,6 +154,7 @@ class _Connection(asyncio.Protocol):
         self._continued = False
         self._discarding = False
         self._eof = False
+        self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -196,11 +198,48 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: read no more requests until it does.
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+            self._next()
+
     def _next(self) -> None:
-        """Start answering the next complete request in the buffer, if any."""
+        """Answer the complete requests in the buffer, in order, until one has to wait: for
+        its latency, for more bytes, or for the client to read the answers already written.
+        A loop, not a recursion: a client may pipeline thousands of requests."""
+        while self._transport is not None and not self._busy and not self._write_paused:
+            taken = self._take()
+            if taken is None:
+                return
+            request, body = taken
+            self._busy = True
+            try:
+                delay, answer = self._app.receive(request, body)
+            except Exception:
+                log.exception("emulator: %s %s failed", request.method, request.target)
+                self._busy = False
+                self._transport.write(encode(_server_error(), "close"))
+                self._transport.close()
+                return
+            if delay > 0:
+                self._timer = asyncio.get_running_loop().call_later(
+                    delay, self._answer_later, request, answer)
+                return
+            if not self._respond(request, answer):
+                return
+
+    def _take(self) -> tuple[Request, bytes] | None:
+        """The next complete request and its body, taken from the buffer; None when it is not
+        all there yet (or was refused, or will never come)."""
         transport = self._transport
-        if transport is None or self._busy:
-            return
+        assert transport is not None
         buffer = self._buffer
         request = self._head
         if request is None:
@@ -210,47 +249,39 @@ class _Connection(asyncio.Protocol):
                     self._refuse(431, f"the header exceeds {MAX_HEAD} bytes")
                 elif self._eof:
                     self._close()
-                return
+                return None
             if end + 4 > MAX_HEAD:
                 self._refuse(431, f"the header exceeds {MAX_HEAD} bytes")
-                return
+                return None
             try:
                 request = parse_head(bytes(buffer[:end + 4]))
             except BadRequest as exc:
                 self._refuse(*exc.args)
-                return
+                return None
             del buffer[:end + 4]
             self._head = request
             self._continued = False
         if len(buffer) < request.length:
             if self._eof:
                 self._close()
-                return
+                return None
             if not self._continued and request.headers.get(
                     "expect", "").lower() == "100-continue":
                 self._continued = True
                 transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            return
+            return None
         body = bytes(buffer[:request.length])
         del buffer[:request.length]
         self._head = None
-        self._busy = True
-        try:
-            delay, answer = self._app.receive(request, body)
-        except Exception:
-            log.exception("emulator: %s %s failed", request.method, request.target)
-            self._busy = False
-            transport.write(encode(_server_error(), "close"))
-            transport.close()
-            return
-        if delay > 0:
-            self._timer = asyncio.get_running_loop().call_later(
-                delay, self._answer, request, answer)
-        else:
-            self._answer(request, answer)
+        return request, body
 
-    def _answer(self, request: Request, answer: Callable[[], Reply]) -> None:
+    def _answer_later(self, request: Request, answer: Callable[[], Reply]) -> None:
         self._timer = None
+        if self._respond(request, answer):
+            self._next()  # a pipelined request may be waiting; at EOF, the end
+
+    def _respond(self, request: Request, answer: Callable[[], Reply]) -> bool:
+        """Compute and write the answer; whether the connection goes on."""
         self._busy = False
         connection = request.connection
         try:
@@ -261,17 +292,17 @@ class _Connection(asyncio.Protocol):
         log.debug("emulator: %s %s: %s", request.method, request.target, reply.status)
         transport = self._transport
         if transport is None:  # the client has gone
-            return
+            return False
         if reply.drop:
             transport.close()
-            return
+            return False
         transport.write(encode(reply, connection, head_only=request.method == "HEAD"))
         if connection == "close" or transport.is_closing():
             transport.close()
-            return
-        if not transport.is_reading():
-            transport.resume_reading()
-        self._next()  # a pipelined request may be waiting; at EOF, the end
+            return False
+        if not self._write_paused:
+            transport.resume_reading()  # if a flood of pipelined requests had paused it
+        return True
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request that cannot be read, then half-close and discard what the client
