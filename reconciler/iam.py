@@ -165,7 +165,8 @@ class PasswordAuth:
             except IamError as exc:
                 self._failures[project_id] = exc
                 raise
-            self._tokens[project_id] = fetched
+            with self._guard:
+                self._tokens[project_id] = fetched
             return fetched.value
 
     def invalidate(self, request: httpx.Request) -> bool:
@@ -176,7 +177,9 @@ class PasswordAuth:
         sent = request.headers.get("X-Auth-Token")
         if match is None or not sent:
             return False
-        with self._lock_for(match.group(1)):
+        # Under the short guard, not the project's lock: a fetch in another thread may hold
+        # that for as long as IAM takes, and this runs on the event loop.
+        with self._guard:
             cached = self._tokens.get(match.group(1))
             if cached is None or cached.value != sent:
                 return False

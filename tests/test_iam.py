@@ -213,6 +213,31 @@ def test_invalidate_forgets_the_token_that_was_refused(iam: FakeIam, clock: Cloc
     assert not auth.invalidate(httpx.Request("GET", "https://roma.example.com/"))
 
 
+def test_invalidate_does_not_wait_for_a_fetch_in_progress(iam: FakeIam, clock: Clock) -> None:
+    auth = make_auth(iam, clock)
+    refused = httpx.Request("GET", dispatch_url())
+    auth.apply(refused)  # token-1, cached
+    clock.now += 86400  # due for renewal: the next request fetches a new token
+    released = threading.Event()
+    iam.answers.append(lambda request: (released.wait(5), iam_token(request, "token-2"))[1])
+    fetching = threading.Thread(target=sent_token, args=(auth,))
+    fetching.start()
+    time.sleep(0.05)  # the fetch holds the project's lock now
+    started = time.monotonic()
+    assert auth.invalidate(refused)  # a 401 for token-1, on the event loop's thread
+    assert time.monotonic() - started < 1
+    released.set()
+    fetching.join()
+    assert sent_token(auth) == "token-2"
+
+
+def iam_token(request: httpx.Request, value: str) -> httpx.Response:
+    project = json.loads(request.content)["auth"]["scope"]["project"]["id"]
+    body = {"token": {"issued_at": iso(START), "expires_at": iso(START + 10 * 86400),
+                      "project": {"id": project}}}
+    return httpx.Response(201, json=body, headers={"X-Subject-Token": value})
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 def keystone_401(request: httpx.Request) -> httpx.Response:
