@@ -146,6 +146,8 @@ class DispatchClient:
         if self._closed:
             raise ReconcilerError("the API client is closed")
         if self._depth == 0:
+            if self._given is None and self._endpoint.startswith("https:"):
+                self._verifying_context()  # unusable CA settings: one error now, not per request
             self._transport = self._given or async_for_endpoint(
                 self._endpoint, self._verifying_context, self._connect_timeout,
                 self._read_timeout)
@@ -163,7 +165,7 @@ class DispatchClient:
     def _verifying_context(self) -> ssl.SSLContext:
         # Built once (~50 ms) and shared by every connection and every loop.
         if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
+            self._ssl_context = verifying_context()
         return self._ssl_context
 
     async def show(self, key: DispatchKey) -> RemoteDispatch | None:
@@ -370,6 +372,16 @@ def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:
     return RemoteDispatch(dispatch_id, Spec.from_body(fields),
                           _epoch_ms(obj.get("created_date")),
                           _epoch_ms(obj.get("last_modified_date")))
+
+
+def verifying_context() -> ssl.SSLContext:
+    """httpx's verifying TLS context (certifi's CAs, or those SSL_CERT_FILE/SSL_CERT_DIR name);
+    ReconcilerError when the CA certificates cannot be loaded."""
+    try:
+        return httpx.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ReconcilerError(f"cannot load the CA certificates to verify TLS with ({exc}); "
+                              "check SSL_CERT_FILE and SSL_CERT_DIR") from None
 
 
 def endpoint_for(endpoint: str | None, region: str | None) -> str:

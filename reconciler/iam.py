@@ -33,7 +33,7 @@ import httpx
 
 from reconciler import __version__
 from reconciler.auth import CredentialsError, TokenAuth
-from reconciler.client import endpoint_for
+from reconciler.client import endpoint_for, verifying_context
 from reconciler.errorbody import clean, error_fields, short
 from reconciler.model import ReconcilerError
 
@@ -236,7 +236,10 @@ class PasswordAuth:
         # Built once (~50 ms of CPU) and only when a token is actually needed.
         with self._guard:
             if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context()
+                try:
+                    self._ssl_context = verifying_context()
+                except ReconcilerError as exc:  # remembered for the project like a refusal
+                    raise IamError(str(exc)) from None
             return self._ssl_context
 
     def _token_from(self, response: httpx.Response, project_id: str, asked_at: float) -> _Token:

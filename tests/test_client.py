@@ -609,3 +609,25 @@ def test_requests_carry_what_httpx_would_have_built(method: str, spec: Spec | No
     assert sorted(sent.headers.multi_items()) == sorted(expected.headers.multi_items())
     assert sent.content == expected.content
     assert sent.url == expected.url
+
+
+def test_unusable_ca_settings_are_one_clear_error_before_any_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    client = DispatchClient("https://roma.example.com", TokenAuth(TOKEN))
+
+    async def enter() -> None:
+        async with client:
+            raise AssertionError("entered without a TLS context")
+
+    with pytest.raises(ReconcilerError, match=r"cannot load the CA certificates.*SSL_CERT_FILE"):
+        asyncio.run(enter())
+    # Plain http to the emulator needs no certificates at all.
+    local = DispatchClient("http://127.0.0.1:9", TokenAuth(TOKEN))
+
+    async def enter_local() -> None:
+        async with local:
+            pass
+
+    asyncio.run(enter_local())

@@ -231,6 +231,17 @@ def test_invalidate_does_not_wait_for_a_fetch_in_progress(iam: FakeIam, clock: C
     assert sent_token(auth) == "token-2"
 
 
+def test_unusable_ca_settings_are_reported_once_per_project(
+        iam: FakeIam, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    auth = make_auth(iam, clock)
+    for _ in range(2):
+        with pytest.raises(IamError, match="cannot load the CA certificates"):
+            sent_token(auth)
+    assert iam.requests == []  # nothing was sent without verification
+
+
 def iam_token(request: httpx.Request, value: str) -> httpx.Response:
     project = json.loads(request.content)["auth"]["scope"]["project"]["id"]
     body = {"token": {"issued_at": iso(START), "expires_at": iso(START + 10 * 86400),
