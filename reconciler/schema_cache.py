@@ -21,6 +21,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import CodeType
@@ -29,6 +30,8 @@ import fastjsonschema
 from fastjsonschema.ref_resolver import RefResolver
 
 _FORMAT = "1"
+_TEMP_PREFIX = ".validator-"
+_TEMP_MAX_AGE = 3600.0  # a temporary file lives for milliseconds; older ones were left by a kill
 
 
 def cache_dir(environ: Mapping[str, str]) -> Path | None:
@@ -98,7 +101,8 @@ def _store(directory: Path, name: str, code: CodeType) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(os.stat(directory)):
             return
-        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".validator-")
+        _sweep(directory)
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(marshal.dumps(code))
@@ -106,3 +110,12 @@ def _store(directory: Path, name: str, code: CodeType) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+def _sweep(directory: Path) -> None:
+    """Remove temporary files that writers killed before their rename left behind."""
+    cutoff = time.time() - _TEMP_MAX_AGE
+    for left in directory.glob(_TEMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if left.lstat().st_mtime < cutoff:
+                left.unlink()

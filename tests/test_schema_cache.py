@@ -123,3 +123,15 @@ def test_the_process_validator_comes_from_the_cache(tmp_path: Path) -> None:
     assert schema.is_valid(GOOD)
     assert not schema.is_valid(BAD)
     assert cached_files(Path(os.environ["XDG_CACHE_HOME"]) / "reconciler")
+
+
+def test_temporary_files_left_by_a_killed_writer_are_swept(tmp_path: Path) -> None:
+    old = tmp_path / ".validator-killed"
+    recent = tmp_path / ".validator-being-written"
+    for path in (old, recent):
+        path.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    build(tmp_path)  # stores a copy, and sweeps on the way
+    assert not old.exists()
+    assert recent.exists()
+    assert cached_files(tmp_path)
