@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.model import DispatchKey, ReconcilerError
@@ -21,8 +22,74 @@ MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError)
 
 
 def pretty_json(data: Any) -> bytes:
-    """Deterministic JSON: sorted keys, 2-space indent, a trailing newline; diffs well in git."""
-    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    """Deterministic JSON: sorted keys, 2-space indent, a trailing newline; diffs well in git.
+
+    The text of `json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False)`, written by
+    `_indented` for the plain dicts, lists, strings, ints, bools and None a snapshot is made of:
+    json's own indenting encoder is pure Python (the C one takes no indent here) and took 22-35
+    ms of every commit of 1,000 records, `_indented` 13-21 ms. Anything else in `data` (a float,
+    a tuple, a subclass, a non-string key) is left to json.dumps, whole.
+    """
+    parts: list[str] = []
+    try:
+        _indented(data, "\n", parts.append)
+    except (_Unplain, RecursionError, TypeError):
+        return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    parts.append("\n")
+    return "".join(parts).encode()
+
+
+class _Unplain(Exception):
+    """A value `_indented` leaves to json.dumps."""
+
+
+def _indented(value: Any, newline: str, write: Callable[[str], object]) -> None:
+    """`value` as json.dumps writes it with indent=2; `newline` is a line break followed by the
+    current indentation."""
+    kind = type(value)
+    if kind is str:
+        write(_string(value))
+    elif kind is dict:
+        if not value:
+            write("{}")
+            return
+        inner = newline + "  "
+        separator = "{" + inner
+        for key in sorted(value):
+            if type(key) is not str:
+                raise _Unplain
+            write(separator)
+            write(_string(key))
+            write(": ")
+            _indented(value[key], inner, write)
+            separator = "," + inner
+        write(newline + "}")
+    elif kind is list:
+        if not value:
+            write("[]")
+            return
+        inner = newline + "  "
+        separator = "[" + inner
+        for item in value:
+            write(separator)
+            _indented(item, inner, write)
+            separator = "," + inner
+        write(newline + "]")
+    elif value is None:
+        write("null")
+    elif value is True:
+        write("true")
+    elif value is False:
+        write("false")
+    elif kind is int:
+        write(int.__repr__(value))
+    else:
+        raise _Unplain
+
+
+# json's own string encoder for ensure_ascii=False: the C one where it is built.
+_string: Callable[[str], str] = (getattr(json.encoder, "c_encode_basestring", None)
+                                 or json.encoder.py_encode_basestring)
 
 
 def snapshot_document(snap: Snapshot) -> dict[str, Any]:
