@@ -68,62 +68,54 @@ MIGRATIONS: tuple[LiteralString, ...] = (
 
 
 # -- a session's actions: in each, `s` counts the action only if the state row still names this
-# session (the fence); the data change runs only if `s` did, and `count(*)` tells which.
+# session (the fence); the data changes that follow run only if `s` did (`FROM s`, `EXISTS
+# (SELECT FROM s)`), and `count(*)` tells which.
 
-PUT: LiteralString = """
+def _fenced(*changes: LiteralString) -> LiteralString:
+    """The fence, then `changes` as the CTEs after it. Only this module's literals go in, never
+    a runtime value: values travel as the statement's %(name)s parameters."""
+    head: LiteralString = """
     WITH s AS (
         UPDATE reconciler_state SET pending_actions = pending_actions + 1
         WHERE workspace = %(ws)s AND session_id = %(sid)s
         RETURNING 1
-    ),
+    )"""
+    ctes: LiteralString = "".join(changes)
+    return head + ctes + "\n    SELECT count(*) FROM s"  # noqa: S608 - constants only
+
+
+PUT = _fenced(
+    """,
     i AS (
         DELETE FROM reconciler_intent
         WHERE workspace = %(ws)s AND key = %(key)s AND EXISTS (SELECT FROM s)
-    ),
+    )""",
+    """,
     d AS (
         INSERT INTO reconciler_dispatch (workspace, key, record, version)
         SELECT %(ws)s, %(key)s, %(data)s, %(version)s FROM s
         ON CONFLICT (workspace, key)
         DO UPDATE SET record = EXCLUDED.record, version = EXCLUDED.version
-    )
-    SELECT count(*) FROM s"""
+    )""")
 
-REMOVE: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
+REMOVE = _fenced(""",
     d AS (
         DELETE FROM reconciler_dispatch
         WHERE workspace = %(ws)s AND key = %(key)s AND EXISTS (SELECT FROM s)
-    )
-    SELECT count(*) FROM s"""
+    )""")
 
-INTEND: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
+INTEND = _fenced(""",
     d AS (
         INSERT INTO reconciler_intent (workspace, key, intent)
         SELECT %(ws)s, %(key)s, %(data)s FROM s
         ON CONFLICT (workspace, key) DO UPDATE SET intent = EXCLUDED.intent
-    )
-    SELECT count(*) FROM s"""
+    )""")
 
-CLEAR_INTENT: LiteralString = """
-    WITH s AS (
-        UPDATE reconciler_state SET pending_actions = pending_actions + 1
-        WHERE workspace = %(ws)s AND session_id = %(sid)s
-        RETURNING 1
-    ),
+CLEAR_INTENT = _fenced(""",
     d AS (
         DELETE FROM reconciler_intent
         WHERE workspace = %(ws)s AND key = %(key)s AND EXISTS (SELECT FROM s)
-    )
-    SELECT count(*) FROM s"""
+    )""")
 
 HOLDER_PID: LiteralString = """
     SELECT pid FROM pg_locks
