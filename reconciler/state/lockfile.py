@@ -24,6 +24,7 @@ from pathlib import Path
 from reconciler.provenance import utc_iso
 from reconciler.state.base import LockHeld, LockInfo, Provenance, StateError, current_user
 from reconciler.state.files import fsync_dir, identity, is_at, write_all, write_temp
+from reconciler.state.heartbeat import Heartbeat
 from reconciler.state.snapshot import MALFORMED, pretty_json
 
 UNREADABLE_LOCK_ID = "unreadable"
@@ -168,21 +169,16 @@ class HeldLock:
         self.info = info
         # orders the heartbeat's swap of the file against `mine` from the session's threads
         self._mutex = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="state-lock-heartbeat",
-                                        daemon=True)
-        self._thread.start()
+        self._heartbeat = Heartbeat(lock.lease_seconds / 4, self._beat)
+        self._heartbeat.start()
 
     def mine(self) -> bool:
         """Whether this process still holds the lock (it was not forced away)."""
         with self._mutex:
             return is_at(self._path, self._identity)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self._lock.lease_seconds / 4):
-            beat = dataclasses.replace(self.info, heartbeat=utc_iso(self._lock.now()))
-            if not self._refresh(beat):
-                return
+    def _beat(self) -> bool:
+        return self._refresh(dataclasses.replace(self.info, heartbeat=utc_iso(self._lock.now())))
 
     def _refresh(self, info: LockInfo) -> bool:
         """Replace the lock file with one holding `info`; False once the lock is not ours."""
@@ -213,8 +209,7 @@ class HeldLock:
         return True
 
     def release(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._heartbeat.stop()
         with self._mutex:
             if is_at(self._path, self._identity):
                 self._lock.path.unlink(missing_ok=True)

@@ -65,6 +65,7 @@ from reconciler.state.base import (
     StateError,
     current_user,
 )
+from reconciler.state.heartbeat import Heartbeat
 from reconciler.state.postgres_sql import (
     CLEAR_INTENT,
     HOLDER_PID,
@@ -597,34 +598,31 @@ class _HeldLock:
         self.conn = conn
         self.info = info
         self.guard = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="state-lock-heartbeat",
-                                        daemon=True)
-        self._thread.start()
+        self._heartbeat = Heartbeat(backend.lease_seconds / 4, self._beat)
+        self._heartbeat.start()
 
-    def _beat(self) -> None:
+    def _beat(self) -> bool:
         backend = self._backend
-        while not self._stop.wait(backend.lease_seconds / 4):
-            with self.guard:
-                if self._stop.is_set():
-                    return
-                stamp = utc_iso(backend.now())
-                try:
-                    cursor = self.conn.execute(
-                        "UPDATE reconciler_lock SET heartbeat = %s "
-                        "WHERE workspace = %s AND lock_id = %s",
-                        (stamp, backend.workspace, self.info.lock_id))
-                except psycopg.Error:
-                    return  # the connection is gone, and the lock with it
-                if cursor.rowcount == 0:
-                    return  # forced away: never touch the next holder's row
-                self.info = dataclasses.replace(self.info, heartbeat=stamp)
+        with self.guard:
+            if self._heartbeat.stopped:
+                return False
+            stamp = utc_iso(backend.now())
+            try:
+                cursor = self.conn.execute(
+                    "UPDATE reconciler_lock SET heartbeat = %s "
+                    "WHERE workspace = %s AND lock_id = %s",
+                    (stamp, backend.workspace, self.info.lock_id))
+            except psycopg.Error:
+                return False  # the connection is gone, and the lock with it
+            if cursor.rowcount == 0:
+                return False  # forced away: never touch the next holder's row
+            self.info = dataclasses.replace(self.info, heartbeat=stamp)
+            return True
 
     def release(self) -> None:
         """Stop the heartbeat, remove the lock row and the advisory lock, close the connection.
         A connection already lost (killed, forced away) is not an error here."""
-        self._stop.set()
-        self._thread.join()
+        self._heartbeat.stop()
         with self.guard:
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("DELETE FROM reconciler_lock WHERE workspace = %s AND "
