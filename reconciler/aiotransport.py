@@ -396,16 +396,25 @@ class ResponseParser:
             raise _error("the server closed the connection without a response")
         raise _error("the server closed the connection before the response was complete")
 
-    def _head(self) -> bool:
+    def _blank_line(self, too_long: str) -> int:
+        """Where the CRLF CRLF ending a head (or trailers) starts in the buffer; -1 while it has
+        not arrived. RemoteProtocolError(`too_long`) when it cannot end within MAX_HEAD."""
         buf = self._buf
         end = buf.find(b"\r\n\r\n", self._scan)
         if end < 0:
             if len(buf) >= MAX_HEAD:
-                raise _error("the response head exceeds 64 KiB")
+                raise _error(too_long)
             self._scan = max(0, len(buf) - 3)
-            return False
+            return -1
         if end + 4 > MAX_HEAD:
-            raise _error("the response head exceeds 64 KiB")
+            raise _error(too_long)
+        return end
+
+    def _head(self) -> bool:
+        buf = self._buf
+        end = self._blank_line("the response head exceeds 64 KiB")
+        if end < 0:
+            return False
         lines = bytes(buf[:end]).split(b"\r\n")
         del buf[:end + 4]
         self._scan = 0
@@ -516,14 +525,9 @@ class ResponseParser:
         if buf[:2] == b"\r\n":
             del buf[:2]
         else:
-            end = buf.find(b"\r\n\r\n", self._scan)
+            end = self._blank_line("the trailers exceed 64 KiB")
             if end < 0:
-                if len(buf) >= MAX_HEAD:
-                    raise _error("the trailers exceed 64 KiB")
-                self._scan = max(0, len(buf) - 3)
                 return False
-            if end + 4 > MAX_HEAD:
-                raise _error("the trailers exceed 64 KiB")
             _fields([b"", *bytes(buf[:end]).split(b"\r\n")])  # checked, then dropped
             del buf[:end + 4]
             self._scan = 0
