@@ -54,7 +54,7 @@ class Recorder:
         self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="state-recorder", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._quick: list[tuple[Record, asyncio.Future[None]]] = []  # to write on the loop
+        self._quick: list[_Write] = []  # records to write on the loop
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
@@ -79,34 +79,30 @@ class Recorder:
         yet)."""
         if not self._session.quick_puts:
             return self._submit(record)
-        if self._loop is None or not self._thread.is_alive():
-            raise RuntimeError("the recorder is not running")
-        done = self._loop.create_future()
-        self._quick.append((record, done))
+        write = self._write(record)
+        self._quick.append(write)
         if len(self._quick) == 1:
+            assert self._loop is not None
             self._loop.call_soon(self._write_quick)
-        return done
+        return write.done
 
     def _write_quick(self) -> None:
         batch, self._quick = self._quick, []
-        if not batch:
-            return
-        error: Exception | None = None
-        try:
-            self._session.put_many([record for record, _ in batch])
-        except Exception as exc:  # as from the thread: the callers' futures fail
-            error = exc
-        _settle([(done, error) for _, done in batch])
+        records = [write.value for write in batch if isinstance(write.value, Record)]
+        _settle(self._together(batch, functools.partial(self._session.put_many, records)))
 
     async def clear_intent(self, key: DispatchKey) -> None:
         await self._submit(key)
 
     def _submit(self, value: tuple[Intent, ...] | Record | DispatchKey) -> asyncio.Future[None]:
+        write = self._write(value)
+        self._queue.put(write)
+        return write.done
+
+    def _write(self, value: tuple[Intent, ...] | Record | DispatchKey) -> _Write:
         if self._loop is None or not self._thread.is_alive():
             raise RuntimeError("the recorder is not running")
-        done = self._loop.create_future()
-        self._queue.put(_Write(value, done))
-        return done
+        return _Write(value, self._loop.create_future())
 
     def _work(self) -> None:
         stopping = False
