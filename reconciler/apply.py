@@ -141,16 +141,16 @@ class Applier:
                 if final.done():  # cancelled: the run was interrupted
                     return
                 try:
-                    error = None if recorded.cancelled() else recorded.exception()
-                    if isinstance(error, ReconcilerError):
-                        final.set_result(finished(ActionResult(
-                            result.action, False, "failed", error=str(error)), started, trace))
-                    elif error is not None:
-                        final.set_exception(error)
-                    elif recorded.cancelled():
+                    if recorded.cancelled():
                         final.cancel()
-                    else:
-                        final.set_result(finished(result, started, trace))
+                        return
+                    error = recorded.exception()
+                    if error is not None and not isinstance(error, ReconcilerError):
+                        final.set_exception(error)
+                        return
+                    outcome = result if error is None else ActionResult(
+                        result.action, False, "failed", error=str(error))
+                    final.set_result(finished(outcome, started, trace))
                 except BaseException as exc:  # handed on to the awaiting run
                     broken.append(exc)
                     if not final.done():
@@ -247,19 +247,16 @@ class Applier:
                 if live is not None:
                     return await self._adopt(action, live, desired, trace)
                 continue  # nothing was created: the POST is sent again, under a new intent
-            except ApiError as exc:
-                if exc.status in REFUSED_AS_EXISTING:
+            except ReconcilerError as exc:
+                if isinstance(exc, ApiError) and exc.status in REFUSED_AS_EXISTING:
                     # The API keeps one schedule per task, and refuses a second: one may have
                     # been created by a POST of ours whose answer was lost (a killed run) and
                     # processed late. Adopting it is what the intent asked for.
                     live = await self._show(key, trace)
                     if live is not None:
                         return await self._adopt(action, live, desired, trace)
-                await self._recorder.clear_intent(key)
-                raise
-            except ReconcilerError:
-                # Raised before anything was sent (credentials IAM refused, a closed client):
-                # no create can be pending, and none may be reported as interrupted.
+                # Refused, or failed before anything was sent (credentials IAM refused, a
+                # closed client): no create is pending, and none may be reported as one.
                 await self._recorder.clear_intent(key)
                 raise
             self._record(action, created, trace, desired)
