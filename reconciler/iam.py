@@ -137,10 +137,8 @@ class PasswordAuth:
         if match is None:
             return True  # apply refuses it at once
         project_id = match.group(1)
-        cached = self._tokens.get(project_id)
-        if cached is not None and self._clock() < cached.refresh_at:
-            return True
-        return project_id in self._failures  # remembered: raised again at once
+        # A fresh token, or a remembered failure raised again at once.
+        return self._fresh(project_id) is not None or project_id in self._failures
 
     def apply(self, request: httpx.Request) -> None:
         """Set `X-Auth-Token` for the request's project. Raises IamError when IAM issues none,
@@ -149,14 +147,14 @@ class PasswordAuth:
 
     def token(self, project_id: str) -> str:
         """A token scoped to `project_id` with more than the refresh margin left to live."""
-        cached = self._tokens.get(project_id)
-        if cached is not None and self._clock() < cached.refresh_at:
-            return cached.value
+        fresh = self._fresh(project_id)
+        if fresh is not None:
+            return fresh
         with self._lock_for(project_id):
             # Another thread may have fetched it (or failed) while this one waited.
-            cached = self._tokens.get(project_id)
-            if cached is not None and self._clock() < cached.refresh_at:
-                return cached.value
+            fresh = self._fresh(project_id)
+            if fresh is not None:
+                return fresh
             failure = self._failures.get(project_id)
             if failure is not None:
                 raise failure.again()
@@ -168,6 +166,11 @@ class PasswordAuth:
             with self._guard:
                 self._tokens[project_id] = fetched
             return fetched.value
+
+    def _fresh(self, project_id: str) -> str | None:
+        """The cached token of the project while it has more than the refresh margin to live."""
+        cached = self._tokens.get(project_id)
+        return cached.value if cached is not None and self._clock() < cached.refresh_at else None
 
     def invalidate(self, request: httpx.Request) -> bool:
         """Forget the token `request` was sent with, after the API refused it (401): a token can
