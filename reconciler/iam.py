@@ -133,10 +133,9 @@ class PasswordAuth:
 
     def ready(self, request: httpx.Request) -> bool:
         """False when `apply` would ask IAM for the project's token first."""
-        match = _PROJECT_PATH.search(request.url.path)
-        if match is None:
+        project_id = _project_in(request)
+        if project_id is None:
             return True  # apply refuses it at once
-        project_id = match.group(1)
         # A fresh token, or a remembered failure raised again at once.
         return self._fresh(project_id) is not None or project_id in self._failures
 
@@ -176,17 +175,17 @@ class PasswordAuth:
         """Forget the token `request` was sent with, after the API refused it (401): a token can
         be revoked before it expires (password or permission changes). True when it was the
         cached one, so that one more attempt would use a new token."""
-        match = _PROJECT_PATH.search(request.url.path)
+        project_id = _project_in(request)
         sent = request.headers.get("X-Auth-Token")
-        if match is None or not sent:
+        if project_id is None or not sent:
             return False
         # Under the short guard, not the project's lock: a fetch in another thread may hold
         # that for as long as IAM takes, and this runs on the event loop.
         with self._guard:
-            cached = self._tokens.get(match.group(1))
+            cached = self._tokens.get(project_id)
             if cached is None or cached.value != sent:
                 return False
-            del self._tokens[match.group(1)]
+            del self._tokens[project_id]
             return True
 
     def _lock_for(self, project_id: str) -> threading.Lock:
@@ -337,12 +336,17 @@ def _checked(what: str, value: str) -> str:
     return value
 
 
-def _project_of(request: httpx.Request) -> str:
+def _project_in(request: httpx.Request) -> str | None:
     match = _PROJECT_PATH.search(request.url.path)
-    if match is None:
+    return match.group(1) if match is not None else None
+
+
+def _project_of(request: httpx.Request) -> str:
+    project_id = _project_in(request)
+    if project_id is None:
         raise CredentialsError("an IAM token is scoped to a project, and the request path names "
                                "none (expected /v2/{project_id}/...)")
-    return match.group(1)
+    return project_id
 
 
 def _parse_time(value: object) -> datetime:
