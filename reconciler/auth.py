@@ -10,6 +10,7 @@ key pair) and `reconciler.iam.PasswordAuth` (an IAM user's password, exchanged f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -18,6 +19,13 @@ import httpx
 from reconciler.model import ReconcilerError
 
 TOKEN_ENV = "RECONCILER_TOKEN"  # noqa: S105  (a variable name, not a secret)
+_PROJECT_PATH = re.compile(r"/v2/([A-Za-z0-9_-]{1,64})/")
+
+
+def project_in(request: httpx.Request) -> str | None:
+    """The project a request is for, as its path names it (`/v2/{project_id}/...`)."""
+    match = _PROJECT_PATH.search(request.url.path)
+    return match.group(1) if match is not None else None
 
 
 class CredentialsError(ReconcilerError):

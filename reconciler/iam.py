@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import ssl
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 
 from reconciler import __version__
-from reconciler.auth import CredentialsError, TokenAuth
+from reconciler.auth import CredentialsError, TokenAuth, project_in
 from reconciler.client import endpoint_for, verifying_context
 from reconciler.errorbody import clean, error_fields, short
 from reconciler.model import ReconcilerError
@@ -47,7 +46,6 @@ TOKENS_PATH = "/v3/auth/tokens"
 # Refresh this long before `expires_at` (at most half the token's lifetime): a request that
 # starts with a token must not see it expire on the way.
 REFRESH_MARGIN = 300.0
-_PROJECT_PATH = re.compile(r"/v2/([A-Za-z0-9_-]{1,64})/")
 _HINT = f"check {USERNAME_ENV}, {PASSWORD_ENV} and {DOMAIN_ENV} (the account name)"
 _USER, _PASSWORD, _DOMAIN = "user name", "password", "account (domain) name"
 
@@ -133,7 +131,7 @@ class PasswordAuth:
 
     def ready(self, request: httpx.Request) -> bool:
         """False when `apply` would ask IAM for the project's token first."""
-        project_id = _project_in(request)
+        project_id = project_in(request)
         if project_id is None:
             return True  # apply refuses it at once
         # A fresh token, or a remembered failure raised again at once.
@@ -175,7 +173,7 @@ class PasswordAuth:
         """Forget the token `request` was sent with, after the API refused it (401): a token can
         be revoked before it expires (password or permission changes). True when it was the
         cached one, so that one more attempt would use a new token."""
-        project_id = _project_in(request)
+        project_id = project_in(request)
         sent = request.headers.get("X-Auth-Token")
         if project_id is None or not sent:
             return False
@@ -336,13 +334,8 @@ def _checked(what: str, value: str) -> str:
     return value
 
 
-def _project_in(request: httpx.Request) -> str | None:
-    match = _PROJECT_PATH.search(request.url.path)
-    return match.group(1) if match is not None else None
-
-
 def _project_of(request: httpx.Request) -> str:
-    project_id = _project_in(request)
+    project_id = project_in(request)
     if project_id is None:
         raise CredentialsError("an IAM token is scoped to a project, and the request path names "
                                "none (expected /v2/{project_id}/...)")

@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 
-from reconciler.auth import CredentialsError
+from reconciler.auth import CredentialsError, project_in
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -65,7 +65,6 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "
 _AUTHORIZATION = re.compile(
     r"SDK-HMAC-SHA256 Access=(?P<ak>[^,\s]+), SignedHeaders=(?P<signed>[^,\s]+), "
     r"Signature=(?P<signature>[0-9a-f]{64})")
-_PROJECT_PATH = re.compile(r"/v2/([A-Za-z0-9_-]{1,64})/")
 
 
 # --- the algorithm -----------------------------------------------------------------------------
@@ -373,8 +372,7 @@ class AkSkAuth:
         headers.pop(_HEADER_AUTHORIZATION, None)
         sdk_date = format_sdk_date(self._clock())
         headers[_HEADER_DATE] = sdk_date
-        match = _PROJECT_PATH.search(request.url.path)
-        project_id = self._project_id or (match.group(1) if match else None)
+        project_id = self._project_id or project_in(request)
         if project_id:
             headers[_HEADER_PROJECT_ID] = project_id
         url = request.url
