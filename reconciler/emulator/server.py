@@ -160,11 +160,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._registry.add(self)
-        # Answers leave in one write each; still, no Nagle delay may ever hold one back.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._registry.add(self)  # (asyncio has set TCP_NODELAY on its socket)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A complete request whose answer is pending is still carried out, as an API does when
