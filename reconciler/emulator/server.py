@@ -171,7 +171,7 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # The client has sent all it will: what is complete is still answered, then we close.
         self._eof = True
-        if self._discarding or not self._busy:
+        if self._discarding or not (self._busy or self._write_paused):
             self._close()
         return True  # keep the write side open for an answer still to come
 
