@@ -21,13 +21,14 @@ import os
 import stat
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import CodeType
 
 import fastjsonschema
 from fastjsonschema.ref_resolver import RefResolver
+
+from reconciler.state.files import remove_leftovers
 
 _FORMAT = "1"
 _TEMP_PREFIX = ".validator-"
@@ -101,7 +102,7 @@ def _store(directory: Path, name: str, code: CodeType) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(os.stat(directory)):
             return
-        _sweep(directory)
+        remove_leftovers(directory, _TEMP_PREFIX + "*", _TEMP_MAX_AGE)
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as file:
@@ -111,11 +112,3 @@ def _store(directory: Path, name: str, code: CodeType) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
 
-
-def _sweep(directory: Path) -> None:
-    """Remove temporary files that writers killed before their rename left behind."""
-    cutoff = time.time() - _TEMP_MAX_AGE
-    for left in directory.glob(_TEMP_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            if left.lstat().st_mtime < cutoff:
-                left.unlink()

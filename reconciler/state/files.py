@@ -1,10 +1,12 @@
-"""Small file operations of the local state backend, each safe against a kill at any instant."""
+"""Small file operations, each safe against a kill at any instant: the local state backend's,
+and the schema cache's."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +82,14 @@ def is_at(path: str, identity: tuple[int, int]) -> bool:
     except FileNotFoundError:
         return False
     return (status.st_dev, status.st_ino) == identity
+
+
+def remove_leftovers(directory: Path, pattern: str, older_than: float) -> None:
+    """Remove the files matching `pattern` not modified for `older_than` seconds: temporary
+    files that live for milliseconds, left behind by a writer killed before it renamed or
+    removed them. A file that cannot be removed is left; that is no error."""
+    cutoff = time.time() - older_than
+    for left in directory.glob(pattern):
+        with contextlib.suppress(OSError):
+            if left.lstat().st_mtime < cutoff:
+                left.unlink()

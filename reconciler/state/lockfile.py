@@ -23,7 +23,14 @@ from pathlib import Path
 
 from reconciler.provenance import utc_iso
 from reconciler.state.base import LockHeld, LockInfo, Provenance, StateError, current_user
-from reconciler.state.files import fsync_dir, identity, is_at, write_all, write_temp
+from reconciler.state.files import (
+    fsync_dir,
+    identity,
+    is_at,
+    remove_leftovers,
+    write_all,
+    write_temp,
+)
 from reconciler.state.heartbeat import Heartbeat
 from reconciler.state.snapshot import MALFORMED, pretty_json
 
@@ -82,17 +89,9 @@ class LockFile:
         finally:
             draft.unlink(missing_ok=True)
         fsync_dir(self.path.parent)
-        self._sweep_drafts()
+        # Drafts that writers killed while locking left behind: swept by the holder.
+        remove_leftovers(self.path.parent, f".{self.path.name}.*", DRAFT_MAX_AGE)
         return HeldLock(self, fd, info)
-
-    def _sweep_drafts(self) -> None:
-        """Remove the drafts that writers killed while locking left behind (by the holder of
-        the lock, so that they do not pile up); a failure to remove one is no error."""
-        cutoff = time.time() - DRAFT_MAX_AGE
-        for draft in self.path.parent.glob(f".{self.path.name}.*"):
-            with contextlib.suppress(OSError):
-                if draft.lstat().st_mtime < cutoff:
-                    draft.unlink()
 
     def content(self, info: LockInfo) -> bytes:
         return pretty_json({**dataclasses.asdict(info), "lease_seconds": self.lease_seconds})
