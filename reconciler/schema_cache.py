@@ -111,4 +111,3 @@ def _store(directory: Path, name: str, code: CodeType) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-
