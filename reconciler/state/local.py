@@ -223,16 +223,22 @@ class LocalBackend:
 
         Without `commit` (an exception) the session's actions stay in the journal for the next
         writer to seal; the lock is always released."""
-        with disk_errors("take the state lock", self.lock_path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = self._lock.acquire(provenance, lock_timeout)
-        try:
+        with self._locked(provenance, lock_timeout) as lock:
             with disk_errors("open a write session", self.journal_path):
                 session = _LocalSession(self, lock, self._recover(lock), provenance)
             try:
                 yield session
             finally:
                 session.close()
+
+    @contextlib.contextmanager
+    def _locked(self, provenance: Provenance, lock_timeout: float) -> Iterator[HeldLock]:
+        """The state lock, held for the block; released however it ends."""
+        with disk_errors("take the state lock", self.lock_path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self._lock.acquire(provenance, lock_timeout)
+        try:
+            yield lock
         finally:
             lock.release()
 
@@ -279,14 +285,9 @@ class LocalBackend:
         their commits would have; refused unless there is no state yet. For
         `reconciler.state.migrate`. A copy that fails half way keeps the serials sealed so far:
         the target must be emptied before another try."""
-        with disk_errors("take the state lock", self.lock_path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = self._lock.acquire(provenance, lock_timeout)
-        try:
-            with disk_errors("import the state", self.path):
-                self._import(lock, snapshots)
-        finally:
-            lock.release()
+        with self._locked(provenance, lock_timeout) as lock, \
+                disk_errors("import the state", self.path):
+            self._import(lock, snapshots)
 
     def _import(self, lock: HeldLock, snapshots: Iterable[Snapshot]) -> None:
         if self._recover(lock).serial or self.history():
