@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 SCHEMA_NAME = "schedules.schema.json"
 
 
+@cache
 def schema_text() -> str:
+    """The schema file's text, read once per process (the cache key and the parse share it)."""
     here = Path(__file__).resolve().parent
     # A package on disk (the usual install) or a checkout: read as a plain file, without
     # importlib.resources, whose readers (and zipfile) take 10-15 ms to import.
