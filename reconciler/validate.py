@@ -246,7 +246,10 @@ def _explain(doc: YamlDocument, error: ValidationError) -> list[tuple[Location, 
     if "allOf" in schema_path:
         rule = schema_path[schema_path.index("allOf") + 1]
         if isinstance(rule, int) and rule in _FORM_RULES:
-            return [(here, f"{_FORM_RULES[rule]} (schedule {_name_of(instance)})")]
+            # Shown at the schedule, also when the rule's error is about one key of it.
+            at = path[:2] if path[:1] == ["schedules"] else path
+            entry = _value_at(doc.data, at)
+            return [(doc.locate(at), f"{_FORM_RULES[rule]} (schedule {_name_of(entry)})")]
     if keyword == "required":
         missing = str(expected[0]) if len(expected) == 1 else ""
         for key in expected:
@@ -296,8 +299,12 @@ def _section(path: Sequence[str | int]) -> str:
 
 
 def _parent(data: Any, path: Sequence[str | int]) -> Any:
+    return _value_at(data, path[:-1])
+
+
+def _value_at(data: Any, path: Sequence[str | int]) -> Any:
     node = data
-    for step in path[:-1]:
+    for step in path:
         try:
             node = node[step]
         except (KeyError, IndexError, TypeError):
