@@ -3,6 +3,9 @@ from __future__ import annotations
 import time
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.yamlsource import MAX_FILE_BYTES, load_yaml
 
@@ -155,3 +158,43 @@ def test_python_object_tag_never_instantiated(tmp_path) -> None:  # type: ignore
     found = problems(raw)
     assert found
     assert not marker.exists()
+
+
+class _TextTimestamps(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe loader on the same libyaml parser, but timestamps stay as written, as
+    load_yaml keeps them."""
+
+
+_TextTimestamps.add_constructor("tag:yaml.org,2002:timestamp",
+                                lambda loader, node: loader.construct_scalar(node))
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),
+    st.sampled_from(["yes", "No", "on", "~", "null", "0x1f", "0o17", "1_000", "1e3", ".inf",
+                     "-.NaN", "2026-12-01", "2026-12-01T00:00:00+08:00", "12:30", "<<", "=",
+                     "!", "&", "*", "+1", "-", "0 0 2 * * ?", "Asia/Shanghai", ""]),
+)
+_documents = st.recursive(
+    _scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(st.text(max_size=8), children, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_documents, st.sampled_from([None, False, True]), st.sampled_from([None, "'", '"']))
+def test_data_is_what_pyyaml_reads(document: object, flow: bool | None, style: str | None) -> None:
+    """Whatever the scalars and their quoting, a document that loads without problems holds
+    exactly the data PyYAML's safe loader reads (the fast paths of the builder included)."""
+    text = yaml.safe_dump(document, default_flow_style=flow, default_style=style,
+                          allow_unicode=True)
+    for source in (text, text.replace("'", "")):  # quoted, and as plain as possible
+        try:
+            expected = yaml.load(source, Loader=_TextTimestamps)
+        except yaml.YAMLError:
+            continue
+        doc, found = load_yaml("f.yaml", source.encode())
+        if doc is None or found:
+            continue  # refused (duplicate or non-string keys...): other tests cover those
+        assert doc.data == expected
