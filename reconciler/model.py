@@ -7,12 +7,13 @@ hundreds of thousands of them.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from reconciler import compact_json
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Project, instance, task and dispatch ids: they go into URL paths, so nothing else is let in."""
@@ -140,7 +141,7 @@ SPEC_FIELDS: tuple[str, ...] = (
 
 def fingerprint_of(body: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a request body: equal bodies, equal fingerprints."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = compact_json.dumps(body, sort_keys=True)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler import compact_json
 from reconciler.model import DispatchKey
 from reconciler.state.base import (
     HistoryEntry,
@@ -75,8 +76,7 @@ from reconciler.state.snapshot import (
 __all__ = ["UNREADABLE_LOCK_ID", "LocalBackend"]
 
 def _line(data: Any) -> bytes:
-    return (json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-            + "\n").encode()
+    return (compact_json.dumps(data, sort_keys=True) + "\n").encode()
 
 
 # fdatasync skips the inode's timestamps, which recovery does not need; fsync where it is absent.
