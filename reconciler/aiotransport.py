@@ -125,7 +125,9 @@ class AsyncHttp1Transport(httpx.AsyncBaseTransport):
             # The body is complete and has no content-coding to undo: it is the content as
             # `aread()` would join it, through async generators, a chunker and a decoder that
             # cost as much CPU as the rest of the exchange. (`aread()` itself returns it then.)
+            # Nothing is left to release either: closed, `aclose()` skips its context manager.
             response._content = parser.body
+            response.is_stream_consumed = response.is_closed = True
         return response
 
     async def aclose(self) -> None:

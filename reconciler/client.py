@@ -33,7 +33,7 @@ from typing import Any, Self
 
 import httpx
 
-from reconciler import __version__
+from reconciler import __version__, compact_json
 from reconciler.aiotransport import async_for_endpoint
 from reconciler.auth import Auth
 from reconciler.desired import parse_start_datetime
@@ -228,10 +228,11 @@ class DispatchClient:
             raise ReconcilerError("the API client is used outside `async with client`")
         response = await transport.handle_async_request(request)
         response.request = request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
+        if not response.is_closed:  # this project's transport hands complete bodies over closed
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         return response
 
     async def _call(self, method: str, key: DispatchKey, path: str,
@@ -241,8 +242,7 @@ class DispatchClient:
         Returns any response that is not retried (2xx, 4xx other than 429, ...); raises ApiError
         when retries are exhausted and OutcomeUnknown when a POST may have been processed.
         """
-        content = b"" if body is None else json.dumps(
-            body, ensure_ascii=False, separators=(",", ":")).encode()
+        content = b"" if body is None else compact_json.dumps(body).encode()
         url = self._urls.at(path)
         # What httpx.Request(content=...) would send, assembled here: its own assembly parses and
         # re-validates the headers and the body, which costs several times this.
@@ -430,11 +430,12 @@ class EndpointUrls:
     public way, and if the two differ in any part (a future httpx), every URL is parsed.
     """
 
-    __slots__ = ("_base", "_endpoint", "_fast")
+    __slots__ = ("_base", "_endpoint", "_fast", "_path_at")
 
     def __init__(self, endpoint: str) -> None:
         self._endpoint = endpoint
         self._base: Any = None
+        self._path_at = 0  # the position of the path in the named tuple
         self._fast: bool | None = None  # unknown until the first URL is compared
 
     def at(self, path: str) -> httpx.URL:
@@ -447,12 +448,16 @@ class EndpointUrls:
             self._fast = False
             with contextlib.suppress(Exception):  # whatever a different httpx raises
                 self._base = httpx.URL(self._endpoint)._uri_reference
+                self._path_at = type(self._base)._fields.index("path")
                 self._fast = _same_url(self._extended(path), parsed)
         return parsed
 
     def _extended(self, path: str) -> httpx.URL:
+        # Built positionally: the named tuple's _replace() costs several times more.
+        parts = list(self._base)
+        parts[self._path_at] += path
         url = httpx.URL.__new__(httpx.URL)
-        url._uri_reference = self._base._replace(path=self._base.path + path)
+        url._uri_reference = type(self._base)(*parts)
         return url
 
 

@@ -294,6 +294,9 @@ def test_an_identity_body_is_the_content_at_once() -> None:
             for _ in range(2):
                 got = await t.handle_async_request(httpx.Request("GET", server.url))
                 assert got.content == b"{}"  # no aread() needed: the body was complete
+                assert got.is_closed  # and nothing is left to release
+                assert await got.aread() == b"{}"
+                await got.aclose()
                 assert got.json() == {}
             await t.aclose()
 
