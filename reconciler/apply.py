@@ -191,7 +191,10 @@ class Applier:
             finally:
                 await self._intents.release_unused()
                 # After an unexpected error: the records queued still settle, and are awaited.
-                await asyncio.gather(*settling, return_exceptions=True)
+                # (Only those not settled yet: gathering 1,000 done futures took 5 ms.)
+                unsettled = [final for final in settling if not final.done()]
+                if unsettled:
+                    await asyncio.gather(*unsettled, return_exceptions=True)
 
     def _intent(self, action: Action) -> Intent:
         assert action.after is not None

@@ -55,9 +55,12 @@ class Recorder:
         self._thread = threading.Thread(target=self._work, name="state-recorder", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._quick: list[_Write] = []  # records to write on the loop
+        # Whether the thread runs: Thread.is_alive() takes a lock, on every write.
+        self._running = False
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
+        self._running = True
         self._thread.start()
         return self
 
@@ -100,11 +103,17 @@ class Recorder:
         return write.done
 
     def _write(self, value: tuple[Intent, ...] | Record | DispatchKey) -> _Write:
-        if self._loop is None or not self._thread.is_alive():
+        if self._loop is None or not self._running:
             raise RuntimeError("the recorder is not running")
         return _Write(value, self._loop.create_future())
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._running = False
+
+    def _serve(self) -> None:
         stopping = False
         while not stopping:
             batch: list[_Write] = []
