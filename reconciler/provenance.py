@@ -31,44 +31,67 @@ def ci_job(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def _git(cwd: Path, *args: str) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    output = result.stdout.strip()
-    return output if result.returncode == 0 and output else None
+def _git_answers(cwd: Path, *queries: tuple[str, ...]) -> list[str | None]:
+    """git's output for each query (None where git failed or said nothing), the processes run
+    side by side: starting git takes a few milliseconds, which every apply paid three times."""
+    running: list[subprocess.Popen[str] | None] = []
+    for query in queries:
+        try:
+            running.append(subprocess.Popen(["git", *query], cwd=cwd, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL, text=True))
+        except OSError:
+            running.append(None)
+    answers: list[str | None] = []
+    for process in running:
+        if process is None:
+            answers.append(None)
+            continue
+        try:
+            output, _ = process.communicate(timeout=5)
+        except subprocess.SubprocessError:
+            process.kill()
+            process.communicate()
+            answers.append(None)
+            continue
+        output = output.strip()
+        answers.append(output if process.returncode == 0 and output else None)
+    return answers
 
 
-def actor(environ: Mapping[str, str], cwd: Path) -> str:
+def _ci_actor(environ: Mapping[str, str]) -> str | None:
     if environ.get("GITHUB_ACTIONS") == "true" and environ.get("GITHUB_ACTOR"):
         return f"{environ['GITHUB_ACTOR']} (GitHub Actions)"
     if environ.get("GITLAB_CI") == "true" and environ.get("GITLAB_USER_LOGIN"):
         return f"{environ['GITLAB_USER_LOGIN']} (GitLab CI)"
     if environ.get("CI"):
         return f"{current_user()} (CI)"
-    name = _git(cwd, "config", "user.name")
-    email = _git(cwd, "config", "user.email")
-    if name and email:
-        return f"{name} <{email}>"
-    return name or email or current_user()
+    return None
 
 
-def commit(environ: Mapping[str, str], cwd: Path) -> str | None:
+def _ci_commit(environ: Mapping[str, str]) -> str | None:
     for variable in ("GITHUB_SHA", "CI_COMMIT_SHA", "GIT_COMMIT"):
         if environ.get(variable):
             return environ[variable]
-    return _git(cwd, "rev-parse", "HEAD")
+    return None
 
 
 def current(operation: str, environ: Mapping[str, str], now: datetime, cwd: Path) -> Provenance:
+    """Outside CI, the committer and the commit come from git, asked all at once."""
+    actor = _ci_actor(environ)
+    commit = _ci_commit(environ)
+    queries = [] if actor else [("config", "user.name"), ("config", "user.email")]
+    queries += [] if commit else [("rev-parse", "HEAD")]
+    answers = iter(_git_answers(cwd, *queries))
+    if not actor:
+        name, email = next(answers), next(answers)
+        actor = f"{name} <{email}>" if name and email else name or email or current_user()
+    if not commit:
+        commit = next(answers)
     return Provenance(
         operation=operation,
         time=utc_iso(now),
-        actor=actor(environ, cwd),
-        commit=commit(environ, cwd),
+        actor=actor,
+        commit=commit,
         ci_job=ci_job(environ),
         host=socket.gethostname(),
     )

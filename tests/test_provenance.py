@@ -66,3 +66,21 @@ def test_outside_git_falls_back_to_the_os_user(tmp_path: Path,
     who = provenance.current("apply", {}, NOW, tmp_path)
     assert who.actor == "builder"
     assert who.commit is None
+
+
+def test_ci_without_a_commit_variable_asks_git_for_head_only(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@example.com", "commit", "-q",
+                    "--allow-empty", "-m", "x"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    who = provenance.current("apply", {"CI": "true"}, NOW, tmp_path)
+    assert who.actor.endswith("(CI)")
+    assert who.commit == head
+
+
+def test_without_git_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on it
+    monkeypatch.setattr(provenance, "current_user", lambda: "builder")
+    who = provenance.current("apply", {}, NOW, tmp_path)
+    assert (who.actor, who.commit) == ("builder", None)
