@@ -10,8 +10,10 @@ reused Draft202012Validator takes 99 ms, and jsonschema alone kept `validate` fr
 Only a document that fails is then explained by jsonschema, whose errors carry the paths and
 keywords the messages are made from. The compiled validator is cached between runs
 (`reconciler.schema_cache`). The schema keeps to keywords both implement the same way in
-draft 7 and 2020-12 ($ref to $defs, if/then, anyOf, not, const, enum, pattern, ranges), and a
-property test checks that the two validators agree.
+draft 7 and 2020-12 ($ref to $defs, if/then, anyOf, boolean subschemas, const, enum, pattern,
+ranges), and a property test checks that the two validators agree. Its cross-field rules are
+phrased so that a cron schedule fails no subschema: fastjsonschema raises an exception for each
+failed branch, and five per schedule took most of its time.
 """
 
 from __future__ import annotations
