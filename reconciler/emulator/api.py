@@ -30,7 +30,6 @@ import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,9 @@ SERVER_ERROR = ("FDI.3000", "Internal server error.")
 PERIODS = frozenset({"MIN", "HOUR", "DAY", "WEEK", "MON"})
 FAULTS = ("drop_after_create", "error_before_create", "throttle")  # and "status:<code>"
 _POST_ONLY = frozenset({"drop_after_create", "error_before_create"})
+# A random UUID's version (4) and variant (RFC 4122) bits, as uuid.UUID sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
 _DISPATCHES = re.compile(
     r"/v2/([^/]*)/fdi/instances/([^/]*)/tasks/([^/]*)/dispatches(?:/([^/]*))?/?")
 
@@ -114,6 +116,7 @@ class Emulator:
         self._rates = {"drop_after_create": drop_after_create_rate,
                        "error_before_create": error_before_create_rate,
                        "throttle": throttle_rate}
+        self._any_rate = any(rate > 0 for rate in self._rates.values())
         self._clock = clock
         self._lock = threading.Lock()
         self._store = _Store()
@@ -355,6 +358,9 @@ class Emulator:
     def _take_fault(self, key: str, method: str, kinds: tuple[str, ...], *,
                     status: bool = False) -> str | None:
         """Consume the first matching injected fault (the key's own first), else roll the rates."""
+        if not self._store.faults and not self._any_rate:  # the usual case: nothing injected
+            return None
+
         def matches(f: _Fault) -> bool:
             if f.fault in _POST_ONLY and method != "POST":
                 return False
@@ -376,7 +382,9 @@ class Emulator:
         return None
 
     def _new_id(self) -> str:
-        return uuid.UUID(int=self._rng.getrandbits(128), version=4).hex
+        # uuid.UUID(int=..., version=4).hex, without building the UUID object.
+        bits = self._rng.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
+        return f"{bits:032x}"
 
     def _now(self) -> int:
         return int(self._clock() * 1000)

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -42,6 +43,9 @@ MAX_HEAD = 64 << 10
 MAX_BODY = 1 << 20
 REASONS = {status.value: status.phrase for status in HTTPStatus}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP method or header name
+_FIELD = r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):([^\r\n]*)\r\n"
+_FIELD_BLOCK = re.compile(f"(?:{_FIELD})*")
+_FIELDS = re.compile(_FIELD)
 _DISCARD_SECONDS = 1.0
 
 
@@ -323,7 +327,7 @@ def parse_head(head: bytes) -> Request:
     """The request line and header fields of `head` (ending with CRLF CRLF); BadRequest if
     malformed (400), chunked (411), with too large a body (413) or not HTTP/1.x (505)."""
     text = head.decode("latin-1").lstrip("\r\n")  # empty lines before a request are allowed
-    request_line, *fields = text[:-4].split("\r\n")
+    request_line, _, block = text[:-2].partition("\r\n")
     parts = request_line.split(" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise BadRequest(400, f"malformed request line {request_line[:100]!r}")
@@ -332,11 +336,11 @@ def parse_head(head: bytes) -> Request:
         raise BadRequest(505 if re.fullmatch(r"HTTP/[0-9.]+", version) else 400,
                          f"unsupported protocol {version[:20]!r}")
     headers: dict[str, str] = {}
-    for line in fields:
-        name, colon, value = line.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
-            raise BadRequest(400, f"malformed header field {line[:100]!r}")
-        name, value = name.lower(), value.strip(" \t")
+    # One regex over all the fields in the common case; the line-by-line loop below names the
+    # malformed field, and also reads fields whose values hold a lone CR or LF.
+    fields = _FIELDS.findall(block) if _FIELD_BLOCK.fullmatch(block) else _fields(block)
+    for raw_name, raw_value in fields:
+        name, value = raw_name.lower(), raw_value.strip(" \t")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     if "transfer-encoding" in headers:
         raise BadRequest(411, "Transfer-Encoding is not supported: send a Content-Length")
@@ -354,7 +358,21 @@ def parse_head(head: bytes) -> Request:
     return Request(method, target, headers, int(digits), connection)
 
 
+def _fields(block: str) -> list[tuple[str, str]]:
+    """The (name, value) of each CRLF-ended line of `block`; BadRequest naming the first
+    malformed one."""
+    fields = []
+    for line in block.split("\r\n")[:-1]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):  # also refuses obsolete line folding
+            raise BadRequest(400, f"malformed header field {line[:100]!r}")
+        fields.append((name, value))
+    return fields
+
+
 _date = (0, "")
+# Request ids need only be unique, not secret: drawn without a system call per answer.
+_request_ids = random.Random(os.urandom(16))  # noqa: S311
 
 
 def encode(reply: Reply, connection: str, *, head_only: bool = False) -> bytes:
@@ -366,7 +384,8 @@ def encode(reply: Reply, connection: str, *, head_only: bool = False) -> bytes:
     head = (f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, '')}\r\n"
             f"Server: reconciler-emulator\r\nDate: {_date[1]}\r\n"
             "Content-Type: application/json;charset=UTF-8\r\n"
-            f"Content-Length: {len(data)}\r\nX-Request-Id: {os.urandom(16).hex()}\r\n")
+            f"Content-Length: {len(data)}\r\n"
+            f"X-Request-Id: {_request_ids.getrandbits(128):032x}\r\n")
     head += "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
     if connection:
         head += f"Connection: {connection}\r\n"
