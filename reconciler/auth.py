@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler.model import ReconcilerError
+
+if TYPE_CHECKING:  # annotations only: the emulator loads this module, and needs no httpx
+    import httpx
 
 TOKEN_ENV = "RECONCILER_TOKEN"  # noqa: S105  (a variable name, not a secret)
 _PROJECT_PATH = re.compile(r"/v2/([A-Za-z0-9_-]{1,64})/")

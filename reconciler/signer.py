@@ -37,12 +37,13 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-import httpx
-
 from reconciler.auth import CredentialsError, project_in
+
+if TYPE_CHECKING:  # annotations only: the emulator verifies signatures without httpx
+    import httpx
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"

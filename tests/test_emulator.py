@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import os
+import re
 import socket
 import ssl
 import struct
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +23,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.auth import TokenAuth
 from reconciler.client import DispatchClient, OutcomeUnknown
 from reconciler.emulator import Emulator, Reply, add_arguments, run_from_args, server
+from reconciler.emulator.server import BadRequest, parse_head
 from reconciler.model import DispatchKey, ReconcilerError, Spec
 from reconciler.signer import AkSkAuth
 from tests.factories import Blocking
@@ -76,7 +81,9 @@ def test_create_show_update_lifecycle(http: httpx.Client, clock: Clock) -> None:
     assert created.status_code == 200
     obj = created.json()
     assert len(obj["dispatch_id"]) == 32
-    assert int(obj["dispatch_id"], 16) >= 0
+    assert uuid.UUID(hex=obj["dispatch_id"]).version == 4  # a random UUID, as the API's are
+    assert uuid.UUID(hex=obj["dispatch_id"]).hex == obj["dispatch_id"]
+    assert len(created.headers["X-Request-Id"]) == 32
     assert obj == {**CRON, "dispatch_id": obj["dispatch_id"], "task_id": "task1",
                    "created_date": 1_700_000_000_000, "last_modified_date": 1_700_000_000_000}
     assert http.get(PATH).json() == obj
@@ -357,17 +364,11 @@ def test_dispatch_client_end_to_end(emu: Emulator) -> None:
     assert emu.calls(str(other)) == {"POST": 1, "GET": 1}
 
 
-def test_run_from_args_serves_until_terminated(tmp_path: Path) -> None:
-    script = (
-        "import argparse, sys\n"
-        "from reconciler import emulator\n"
-        "parser = argparse.ArgumentParser()\n"
-        "emulator.add_arguments(parser)\n"
-        "sys.exit(emulator.run_from_args(parser.parse_args(sys.argv[1:]), sys.stdout))\n"
-    )
+def test_python_m_emulator_serves_until_terminated(tmp_path: Path) -> None:
     data = tmp_path / "data.json"
     process = subprocess.Popen(
-        [sys.executable, "-c", script, "--port", "0", "--token", "tok", "--data", str(data)],
+        [sys.executable, "-m", "reconciler.emulator", "--port", "0", "--token", "tok",
+         "--data", str(data)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -383,6 +384,33 @@ def test_run_from_args_serves_until_terminated(tmp_path: Path) -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert KEY in json.loads(data.read_text())["dispatches"]
+
+
+def test_python_m_emulator_loads_only_the_emulator() -> None:
+    """No command line, no httpx: a process with all of them loaded answered bursts later."""
+    script = ("import sys, runpy\n"
+              "sys.argv = ['x', '--help']\n"
+              "try:\n"
+              "    runpy.run_module('reconciler.emulator', run_name='__main__')\n"
+              "except SystemExit:\n"
+              "    pass\n"
+              "import reconciler.emulator.api\n"
+              "print(sorted(m for m in ('reconciler.cli', 'httpx', 'deepdiff', 'yaml')\n"
+              "             if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_python_m_emulator_error_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data.json"
+    data.write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "reconciler.emulator", "--port", "0",
+                           "--data", str(data)], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: emulator data file")
+    assert "Traceback" not in done.stderr
 
 
 def test_unreadable_data_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -1012,3 +1040,41 @@ def test_run_from_args_refuses_half_a_key_pair() -> None:
     add_arguments(parser)
     with pytest.raises(ReconcilerError, match="emulator: an AK needs its SK"):
         run_from_args(parser.parse_args(["--port", "0", "--ak", AK]), io.StringIO())
+
+
+def _reference_fields(head: bytes) -> dict[str, str] | tuple[Any, ...]:
+    """The header fields as the line-by-line reading gives them (or its refusal)."""
+    text = head.decode("latin-1").lstrip("\r\n")
+    _, *lines = text[:-4].split("\r\n")
+    fields: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            return (400, f"malformed header field {line[:100]!r}")
+        name, value = name.lower(), value.strip(" \t")
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return fields
+
+
+_header_names = st.sampled_from(["Host", "X-Auth-Token", "content-type", "Accept", "X-A",
+                                 "Bad Name", "", " folded", "x(y)"])
+_header_values = st.text(alphabet=" \tabcXYZ019:,;\r\n\x80\xff", max_size=12)
+
+
+@given(st.lists(st.tuples(_header_names, _header_values), max_size=6))
+def test_header_fields_read_as_line_by_line(fields: list[tuple[str, str]]) -> None:
+    """The one-regex reading of the fields agrees with reading them line by line, the lines
+    with a lone CR or LF in a value and the malformed ones included."""
+    block = "".join(f"{name}:{value}\r\n" for name, value in fields)
+    head = f"GET / HTTP/1.1\r\n{block}\r\n".encode("latin-1")
+    if head.count(b"\r\n\r\n") != 1 or not head.endswith(b"\r\n\r\n"):
+        return  # a value ending a line early ends the head elsewhere: not one head
+    expected = _reference_fields(head)
+    if any(name.lower() == "content-length" or name.lower() == "transfer-encoding"
+           for name, _ in fields):
+        return
+    try:
+        got: dict[str, str] | tuple[Any, ...] = parse_head(head).headers
+    except BadRequest as exc:
+        got = exc.args
+    assert got == expected
