@@ -101,14 +101,15 @@ def check_file(file: str, raw: bytes) -> tuple[list[Schedule], list[Problem]]:
             continue
         path: list[str | int] = ["schedules", index]
         schema_flagged = {p[2] for p in bad_paths if p[:2] == ("schedules", index) and len(p) == 3}
-        entry_problems = _check_schedule(doc, path, entry, defaults,
-                                         schema_flagged | defaults_flagged)
+        written = desired.merged(entry, defaults)
+        entry_problems = _check_schedule(doc, path, entry, defaults, written=written,
+                                         schema_flagged=schema_flagged | defaults_flagged)
         problems.extend(entry_problems)
         if entry_problems or any(p[:2] == ("schedules", index) for p in bad_paths):
             continue
         if any(p[:1] == ("defaults",) for p in bad_paths):
             continue
-        key, spec = desired.normalise(desired.merged(entry, defaults))
+        key, spec = desired.normalise(written)
         schedules.append(Schedule(entry["name"], key, spec, doc.locate(path)))
     return schedules, problems
 
@@ -118,15 +119,18 @@ def _check_schedule(
     path: list[str | int],
     entry: dict[str, Any],
     defaults: dict[str, Any],
+    *,
+    written: dict[str, Any],
     schema_flagged: set[str | int],
 ) -> list[Problem]:
-    """The rules a schema cannot say, on one schedule merged with its file's defaults.
+    """The rules a schema cannot say, on one schedule (`written`: merged with its file's
+    defaults).
 
     Fields the schema already reported are skipped, so one mistake gives one message.
     """
     problems: list[Problem] = []
-    written = desired.merged(entry, defaults)
-    full = {k: v for k, v in written.items() if k not in schema_flagged}
+    full = {k: v for k, v in written.items() if k not in schema_flagged} if schema_flagged \
+        else written
 
     def at(name: str, message: str) -> None:
         where = [*path, name] if name in entry else (["defaults", name] if name in defaults
