@@ -60,8 +60,8 @@ class Recorder:
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
+        self._thread.start()  # it runs until _STOP: the flag cannot be cleared before it is set
         self._running = True
-        self._thread.start()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

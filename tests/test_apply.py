@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -333,3 +334,22 @@ def test_a_failure_to_report_a_result_ends_the_run_instead_of_hanging(
     # The workers stopped taking actions once reporting had failed.
     assert sum(n for (method, _), n in api.calls.items() if method == "POST") < 30
     assert backend.current_lock() is None
+
+
+def test_records_that_fail_to_be_written_end_the_run_with_one_error_and_no_noise(
+        backend: LocalBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """The first failure ends the run; the others, already settled, are not left for asyncio
+    to log one traceback each ("Future exception was never retrieved")."""
+    api = FakeApi()
+    desired = [schedule(f"t{n:03d}") for n in range(20)]
+    plan = make_plan(desired, backend.read(), desired_digest="d", created_at="now")
+
+    def disk_full(records: Any) -> None:
+        raise OSError("disk full")
+
+    with backend.write_session(WHO) as session:
+        session.put_many = disk_full  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="disk full"):
+            Applier(api, session, WHO, parallelism=4).run(plan.actions, set())
+    gc.collect()  # asyncio logs unretrieved exceptions when their futures are collected
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
