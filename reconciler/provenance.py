@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,31 +32,43 @@ def ci_job(environ: Mapping[str, str]) -> str | None:
     return None
 
 
+GIT_TIMEOUT = 5.0
+"""Seconds each git question may take (a stuck hook, a network file system): then it counts
+as unanswered."""
+
+
 def _git_answers(cwd: Path, *queries: tuple[str, ...]) -> list[str | None]:
-    """git's output for each query (None where git failed or said nothing), the processes run
-    side by side: starting git takes a few milliseconds, which every apply paid three times."""
+    """git's output for each query (None where git failed, said nothing or took longer than
+    GIT_TIMEOUT), the processes run side by side: starting git takes a few milliseconds, which
+    every apply paid three times."""
     running: list[subprocess.Popen[str] | None] = []
     for query in queries:
         try:
+            # Not UTF-8 (a legacy user.name) is shown with replacement characters, not a crash.
             running.append(subprocess.Popen(["git", *query], cwd=cwd, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, text=True))
+                                            stderr=subprocess.DEVNULL, text=True,
+                                            encoding="utf-8", errors="replace"))
         except OSError:
             running.append(None)
-    answers: list[str | None] = []
-    for process in running:
-        if process is None:
-            answers.append(None)
-            continue
-        try:
-            output, _ = process.communicate(timeout=5)
-        except subprocess.SubprocessError:
-            process.kill()
-            process.communicate()
-            answers.append(None)
-            continue
-        output = output.strip()
-        answers.append(output if process.returncode == 0 and output else None)
-    return answers
+    deadline = time.monotonic() + GIT_TIMEOUT
+    return [_answer(process, deadline) for process in running]
+
+
+def _answer(process: subprocess.Popen[str] | None, deadline: float) -> str | None:
+    if process is None:
+        return None
+    try:
+        output, _ = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        # Killed and reaped without reading on: a child of git's (a wrapper, a hook) may hold
+        # the pipe open for ever.
+        process.kill()
+        if process.stdout is not None:
+            process.stdout.close()
+        process.wait()
+        return None
+    output = output.strip()
+    return output if process.returncode == 0 and output else None
 
 
 def _ci_actor(environ: Mapping[str, str]) -> str | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,3 +85,36 @@ def test_without_git_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(provenance, "current_user", lambda: "builder")
     who = provenance.current("apply", {}, NOW, tmp_path)
     assert (who.actor, who.commit) == ("builder", None)
+
+
+def _fake_git(directory: Path, script: str) -> None:
+    git = directory / "git"
+    git.write_text("#!/bin/sh\n" + script)
+    git.chmod(0o755)
+
+
+def test_a_git_that_hangs_is_given_up_on_time(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # `rev-parse` never answers, and a child of it holds the pipe open after git is killed.
+    _fake_git(tmp_path, 'case "$1" in\n'
+                        '  config) echo "$2" ;;\n'
+                        '  rev-parse) sleep 5 & wait ;;\n'
+                        'esac\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:/bin:/usr/bin")
+    monkeypatch.setattr(provenance, "GIT_TIMEOUT", 0.3)
+    started = time.monotonic()
+    who = provenance.current("apply", {}, NOW, tmp_path)
+    assert time.monotonic() - started < 3
+    assert (who.actor, who.commit) == ("user.name <user.email>", None)
+
+
+def test_a_name_that_is_not_utf8_does_not_crash(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_git(tmp_path, 'case "$2" in\n'
+                        "  user.name) printf 'M\\377i\\n' ;;\n"
+                        "  user.email) echo mei@example.com ;;\n"
+                        "  HEAD) echo c0ffee ;;\n"
+                        "esac\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/bin:/usr/bin")
+    who = provenance.current("apply", {}, NOW, tmp_path)
+    assert (who.actor, who.commit) == ("M\ufffdi <mei@example.com>", "c0ffee")
