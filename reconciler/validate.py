@@ -86,7 +86,9 @@ def check_file(file: str, raw: bytes) -> tuple[list[Schedule], list[Problem]]:
     if not schema.is_valid(data):
         for error in schema.validator().iter_errors(data):
             for location, message in _explain(doc, error):
-                problems.append(Problem.at(location, message))
+                problem = Problem.at(location, message)
+                if problem not in problems:  # one form rule can fail on two keys at once
+                    problems.append(problem)
             bad_paths.add(tuple(error.absolute_path)[:3])
     defaults = data.get("defaults")
     if not isinstance(defaults, dict):

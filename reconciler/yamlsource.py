@@ -87,6 +87,9 @@ class YamlDocument:
     sequence_positions: dict[int, list[Pos]] = field(default_factory=dict)
     scalar_tags: dict[tuple[int, str | int], str] = field(default_factory=dict)
     text: str = ""
+    # Every container built, also those left out of `data` (the value of a refused key, a
+    # merged mapping): the dicts above are keyed by id(), which must not be reused meanwhile.
+    containers: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     def locate(self, path: Sequence[str | int], *, at_key: bool = False) -> Location:
         """Where the value at `path` was written (or its key, with `at_key`).
@@ -268,6 +271,7 @@ class _Builder:
         self.written += 1
         self.nodes += 1
         container: Any = {} if isinstance(event, MappingStartEvent) else []
+        self.doc.containers.append(container)
         if event.anchor is not None:
             self.open_anchors.add(event.anchor)
         self.stack.append(_Frame(container, pos, event.anchor, self.nodes))

@@ -243,3 +243,20 @@ def test_bundled_examples_are_valid(repo: Path) -> None:
     forms = {s.spec.use_quartz_cron for s in state.schedules}
     assert forms == {True, False}
     assert len({s.key.instance_id for s in state.schedules}) == 2
+
+
+def test_both_forms_at_once_is_one_message() -> None:
+    # The rule fails on period and on dispatch_interval alike: said once, at the schedule.
+    assert one("  - name: a\n    task_id: t1\n    cron: '0 0 2 * * ?'\n    period: DAY\n"
+               "    dispatch_interval: 1\n").startswith(
+        "f.yaml:6:5: use either cron, or period with dispatch_interval, not both "
+        "(schedule 'a')")
+
+
+def test_a_refused_mapping_does_not_lend_its_yaml_types_to_another() -> None:
+    # The value of the refused key 1.5 is dropped; its "task_id read as an integer" must not
+    # be attached to a later mapping that happens to reuse its memory.
+    found = check("  - name: a\n    task_id: [x]\n    cron: '0 0 2 * * ?'\n",
+                  "version: 1\n1.5: {task_id: 5}\nschedules:\n")
+    [message] = [p for p in found if "task_id must be" in p]
+    assert message.endswith("task_id must be a string, got list ['x']"), message
