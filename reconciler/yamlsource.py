@@ -221,8 +221,8 @@ class _Builder:
                 self.nodes += 1
                 text = event.value
                 tag = event.tag
-                if (tag is None or tag == "!") and event.anchor is None and stack and (
-                        not event.implicit[0] or _plain_is_str(text)) and _FAST_STRINGS:
+                if _FAST_STRINGS and (tag is None or tag == "!") and event.anchor is None \
+                        and stack and (not event.implicit[0] or _plain_is_str(text)):
                     mark = event.start_mark
                     pos = (mark.line + 1, mark.column + 1)
                     frame = stack[-1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 from reconciler.model import DispatchKey, Location, RemoteDispatch, Schedule, Spec
@@ -57,3 +59,10 @@ class Blocking:
 
     def __repr__(self) -> str:
         return repr(self.client)
+
+
+def python_output(code: str) -> str:
+    """What `code` prints, run in an interpreter of its own (it must exit 0): for what a test
+    process cannot check on itself (process-wide settings, the modules a start loads)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout

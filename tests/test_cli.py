@@ -13,6 +13,7 @@ import pytest
 from reconciler import __version__
 from reconciler.cli import main
 from tests.conftest import HEADER, REPO
+from tests.factories import python_output
 
 FIXED_NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -169,6 +170,4 @@ def test_the_command_collects_garbage_less_often_than_a_library_would() -> None:
             "cli.main = lambda: 0\n"
             "assert cli.run() == 0\n"
             "print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
-    assert done.stdout.split() == ["700", "10000", "True"]
+    assert python_output(code).split() == ["700", "10000", "True"]

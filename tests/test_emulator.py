@@ -32,7 +32,7 @@ from reconciler.emulator import Emulator, Reply, add_arguments, run_from_args, s
 from reconciler.emulator.server import BadRequest, parse_head
 from reconciler.model import DispatchKey, ReconcilerError, Spec
 from reconciler.signer import AkSkAuth
-from tests.factories import Blocking
+from tests.factories import Blocking, python_output
 
 KEY = "proj1/inst1/task1"
 PATH = "/v2/proj1/fdi/instances/inst1/tasks/task1/dispatches"
@@ -397,9 +397,7 @@ def test_python_m_emulator_loads_only_the_emulator() -> None:
               "import reconciler.emulator.api\n"
               "print(sorted(m for m in ('reconciler.cli', 'httpx', 'deepdiff', 'yaml')\n"
               "             if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=True)
-    assert done.stdout.splitlines()[-1] == "[]"
+    assert python_output(script).splitlines()[-1] == "[]"
 
 
 def test_python_m_emulator_error_is_one_line(tmp_path: Path) -> None:

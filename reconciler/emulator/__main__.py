@@ -2,8 +2,8 @@
 
 Same options, same behaviour; it loads only the emulator's modules. A process that has loaded the
 whole command line (every command, httpx, deepdiff, the state backends) answered measurably later
-under load: with 50 requests in flight at 20 ms latency, a minimal client measured 1.22-1.30x the
-floor against it and 1.13-1.16x against an emulator that loaded only its own modules (the cause
+under load: with 50 requests in flight at 20 ms latency, a minimal client measured 1.20-1.34x the
+floor against it and 1.13-1.21x against an emulator that loaded only its own modules (the cause
 is not the garbage collector: disabling it changed nothing). The benchmarks start it this way, so
 that they measure the client rather than the stand-in for the API.
 """

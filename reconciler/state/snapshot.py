@@ -88,9 +88,8 @@ def _indented(value: Any, newline: str, write: Callable[[str], object]) -> None:
         raise _Unplain
 
 
-# json's own string encoder for ensure_ascii=False: the C one where it is built.
-_string: Callable[[str], str] = (getattr(json.encoder, "c_encode_basestring", None)
-                                 or json.encoder.py_encode_basestring)
+# json's own string encoder for ensure_ascii=False (the C one where it is built).
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def snapshot_document(snap: Snapshot) -> dict[str, Any]:
