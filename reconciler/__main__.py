@@ -1,5 +1,3 @@
-import sys
-
 from reconciler.cli import run
 
-sys.exit(run())
+run()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -164,10 +165,48 @@ def test_python_dash_m_entry_point(project: Path) -> None:
 
 def test_the_command_collects_garbage_less_often_than_a_library_would() -> None:
     # In a process of its own: freezing the test process's objects would outlive the test.
-    code = ("import gc, sys\n"
+    code = ("import gc\n"
             "import reconciler.cli as cli\n"
             "before = gc.get_threshold()\n"
-            "cli.main = lambda: 0\n"
-            "assert cli.run() == 0\n"
-            "print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)\n")
+            "def main():\n"
+            "    print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)\n"
+            "    return 0\n"
+            "cli.main = main\n"
+            "cli.run()\n")
     assert python_output(code).split() == ["700", "10000", "True"]
+
+
+def _command_ending_with(code: int, output: str) -> list[str]:
+    """A `reconciler` process whose command writes the value of the expression `output` to
+    stdout and returns `code`."""
+    return [sys.executable, "-c",
+            "import sys\n"
+            "import reconciler.cli as cli\n"
+            "def main():\n"
+            f"    sys.stdout.write({output})\n"
+            f"    return {code}\n"
+            "cli.main = main\n"
+            "cli.run()\n"
+            "print('run() returned')\n"]
+
+
+# Buffered as on a user's machine, where the streams are flushed only at the end.
+_BUFFERED = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+
+
+def test_the_process_ends_with_the_commands_exit_code_and_all_its_output() -> None:
+    # More than the stream's buffer and the pipe's.
+    result = subprocess.run(_command_ending_with(2, "'line\\n' * 50_000"), env=_BUFFERED,
+                            capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "line\n" * 50_000, "")
+
+
+def test_output_nobody_reads_any_more_ends_the_process_with_1_and_no_traceback() -> None:
+    process = subprocess.Popen(_command_ending_with(0, "'done\\n'"), env=_BUFFERED,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.stdout.close()  # the reader has gone before the command's output is flushed
+    error = process.stderr.read()
+    process.stderr.close()
+    assert (process.wait(timeout=60), error) == (1, b"")

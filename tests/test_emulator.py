@@ -744,6 +744,61 @@ def test_latency_holds_no_thread() -> None:
         assert emu.calls(KEY) == {"GET": clients}
 
 
+class _SlowToRead:
+    """An application that holds the server's thread for `work` seconds to read each request,
+    and answers `latency` seconds after it arrived."""
+
+    def __init__(self, work: float, latency: float) -> None:
+        self.work, self.latency = work, latency
+
+    def receive(self, request: Any, body: bytes) -> tuple[float, Callable[[], Reply]]:
+        time.sleep(self.work)
+        return self.latency, lambda: Reply(200, {})
+
+
+def test_latency_runs_from_a_requests_arrival_not_from_when_the_server_read_it() -> None:
+    # Two requests sent together: the second waits `work` for the server to read it. Timed from
+    # its arrival it is answered by work + latency (0.6 s); timed from its reading, only at
+    # 2 x work + latency (0.8 s).
+    work, latency = 0.2, 0.4
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    http_server = server.HttpServer(_SlowToRead(work, latency), listener)
+    http_server.start()
+    try:
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        try:
+            started = time.perf_counter()
+            for sock in socks:
+                sock.sendall(request())
+            answered = []
+            for sock in socks:
+                with sock.makefile("rb") as stream:
+                    assert read_response(stream)[0] == 200
+                answered.append(time.perf_counter() - started)
+        finally:
+            for sock in socks:
+                sock.close()
+    finally:
+        http_server.stop()
+    assert latency <= answered[0] <= answered[1] < 2 * work + latency - 0.1
+
+
+def test_the_selectors_wake_time_stands_for_the_arrival_of_what_the_loop_reads() -> None:
+    selector = server._WakeSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    try:
+        async def read() -> tuple[float, float]:
+            await asyncio.sleep(0.05)  # a wait: it ends when the selector wakes
+            arrival = selector.arrival()
+            time.sleep(0.05)  # reading takes time; the arrival stays when the wait ended
+            return arrival, loop.time()
+        arrival, now = loop.run_until_complete(read())
+        assert now - 0.1 < arrival <= now - 0.05
+    finally:
+        loop.close()
+
+
 def test_handle_is_usable_without_a_server() -> None:
     emu = Emulator(latency_ms=30)
     started = time.perf_counter()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from reconciler import __version__, config
 from reconciler.cli import apply_cmd, import_cmd, plan_cmd, state_cmd, validate_cmd
@@ -76,10 +77,29 @@ def _accept_global_options_after_commands(parser: argparse.ArgumentParser) -> No
             _accept_global_options_after_commands(sub)
 
 
-def run() -> int:
-    """The `reconciler` command: `main` in a process of its own."""
+def run() -> NoReturn:
+    """The `reconciler` command: `main` in a process of its own, which it then ends."""
     _collect_less()
-    return main()
+    _leave(main())
+
+
+def _leave(code: int) -> NoReturn:
+    """End the process once the standard streams and the log are flushed, without tearing the
+    interpreter down.
+
+    When `main` returns, what a command wrote is on disk (synced, its files closed) and its
+    threads have ended; what is left is to free every object one by one and unload every
+    module, which took 15-20 ms after an apply of 1,000 creates (mypy ends its runs the same
+    way). A stream that cannot be flushed (a reader that went away) makes the exit code 1, as
+    a failed write does inside `main`.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            code = EXIT_ERROR
+    logging.shutdown()
+    os._exit(code)
 
 
 def _collect_less() -> None:

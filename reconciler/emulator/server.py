@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import re
+import selectors
 import socket
 import threading
 import time
@@ -114,7 +115,9 @@ class HttpServer:
 
     def _run(self, started: Future[None]) -> None:
         try:
-            asyncio.run(self._serve(started))
+            selector = _WakeSelector()
+            with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+                runner.run(self._serve(started, selector))
         except Exception as exc:
             if started.done():
                 log.exception("emulator: the server failed")
@@ -123,11 +126,12 @@ class HttpServer:
         finally:
             self._listener.close()
 
-    async def _serve(self, started: Future[None]) -> None:
+    async def _serve(self, started: Future[None], selector: _WakeSelector) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
         server = await loop.create_server(
-            lambda: _Connection(self._app, self._connections), sock=self._listener)
+            lambda: _Connection(self._app, self._connections, selector.arrival),
+            sock=self._listener)
         started.set_result(None)
         try:
             await self._closing.wait()
@@ -139,6 +143,29 @@ class HttpServer:
             await asyncio.sleep(0)  # let the closed transports release their sockets
 
 
+class _WakeSelector(selectors.DefaultSelector):
+    """The platform's selector, noting when each wait ends.
+
+    A request's latency runs from its arrival, not from when this single thread gets round to
+    reading it: 50 requests arriving together are read one after another, and timing each from
+    its reading would add that queue to its answer, which an API serving them side by side does
+    not. Against 50 clients at 20 ms, answers came 2.8 ms late on average timed from their
+    reading, 2.2 ms timed from the wait's end.
+    """
+
+    _woke = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(timeout)
+        self._woke = time.monotonic()  # the clock of asyncio's loop.time()
+        return ready
+
+    def arrival(self) -> float:
+        """When the bytes being read now had arrived, as far as the loop can tell: when its
+        last wait ended."""
+        return self._woke
+
+
 class _Connection(asyncio.Protocol):
     """One client connection, answered in order, one request at a time.
 
@@ -148,8 +175,10 @@ class _Connection(asyncio.Protocol):
     loop wakes no task and makes no stream objects per request.
     """
 
-    def __init__(self, app: Application, registry: set[_Connection]) -> None:
+    def __init__(self, app: Application, registry: set[_Connection],
+                 arrival: Callable[[], float] = time.monotonic) -> None:
         self._app = app
+        self._arrival = arrival  # when the request being read arrived
         self._registry = registry
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -229,8 +258,8 @@ class _Connection(asyncio.Protocol):
                 self._transport.close()
                 return
             if delay > 0:
-                self._timer = asyncio.get_running_loop().call_later(
-                    delay, self._answer_later, request, answer)
+                self._timer = asyncio.get_running_loop().call_at(
+                    self._arrival() + delay, self._answer_later, request, answer)
                 return
             if not self._respond(request, answer):
                 return
