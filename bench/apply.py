@@ -9,15 +9,16 @@ Usage: python bench/apply.py [--count 1000] [--latency-ms 20] [--parallelism 10,
 The design measured: coroutines on one event loop over reconciler.aiotransport's keep-alive
 HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a worker moves on as
 soon as the API answered, its record written on the loop. Measured on this project's noisy 2-core
-machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 1.00-1.24 s against a target of
-0.98-1.12 (met in 5 of 11 invocations, missed by up to 0.14 s; the median run takes 1.09-1.30 s:
-this machine runs the same code at two speeds, about 2x apart, from one minute to the next), where
-the thread-pool design took 2.3-2.8 s. At 50 the run itself takes 0.46-0.50 s, about 1.2x its
-floor: a minimal asyncio client (raw bytes, 0.1 ms of CPU a request) measures 1.13-1.21x against
-this emulator started alone (`python -m reconciler.emulator`, as here), whose single thread answers
-each burst of 50 requests 1.5-3 ms late. The rest of the 0.6 s the target allows beyond process
-start goes to loading 1,000 schedules (about 0.05 s), sealing the state (0.05 s), opening 50
-connections (15 ms of the loop's CPU) and planning, locking and provenance (0.02 s).
+machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.99-1.11 s against a target of
+0.98-1.11 (met in 4 of 7 invocations; missed by up to 0.12 s), where the thread-pool design took
+2.3-2.8 s. The machine runs the same code at two speeds, about 2x apart, from one minute to the
+next: the target is met when the runs fall in the fast spell (0.53-0.56 s beyond process start,
+against the 0.6 s allowed) and missed in the slow one (0.61-0.73 s). At 50 the run itself takes
+about 0.47 s, 1.17x its floor, and the client's loop is busy for 0.4 s of it (about 0.4 ms of CPU
+a create: HTTP, intents, records); the emulator (`python -m reconciler.emulator`, as here) times
+each answer from the request's arrival. The rest of the 0.6 s goes to loading 1,000 schedules
+(0.05-0.09 s), sealing the state (0.045-0.055 s), opening 50 connections (15 ms of the loop's
+CPU), and planning, locking and provenance (0.02 s).
 """
 
 from __future__ import annotations
