@@ -133,25 +133,28 @@ def main() -> int:
     args = parser.parse_args()
     repeat = max(1, args.repeat)
     print(f"{args.count} creates, {args.latency_ms:.0f} ms latency; best of {repeat} runs, "
-          "each beside its own measure of process start")
-    print(f"{'parallelism':>11} {'wall s':>7} {'(median)':>8} {'start s':>7} {'floor s':>8} "
-          f"{'wall/floor':>10} {'target s':>9} {'ok':>3}")
+          "each against the process start measured just before it")
+    print(f"{'parallelism':>11} {'wall s':>7} {'start s':>7} {'beyond':>7} {'(median)':>8} "
+          f"{'floor s':>8} {'wall/floor':>10} {'target s':>9} {'ok':>3}")
     failed = False
     best = None
     for parallelism in (int(p) for p in args.parallelism.split(",")):
         floor = args.count * args.latency_ms / 1000 / parallelism
-        # The machines are noisy and shared: the fastest of a few runs is the least disturbed
-        # one, compared with the fastest process start measured beside them.
-        walls, starts = [], []
+        runs = []  # (wall, the process start measured just before it)
         for _ in range(repeat):
-            starts.append(process_start())
-            walls.append(ours(args.count, args.latency_ms, parallelism))
-        wall, start = min(walls), min(starts)
+            start = process_start()
+            runs.append((ours(args.count, args.latency_ms, parallelism), start))
+        # The machines are noisy and shared, and their speed changes from one minute to the
+        # next: the fastest run, the least disturbed, counts, against the process start of its
+        # own moment (a wall of one moment against a start of another compares two machines).
+        # Not the run least beyond its start: that picks the runs whose start measure was slowed.
+        wall, start = min(runs)
+        beyond = statistics.median(w - s for w, s in runs)
         target = 1.5 * floor + start
         ok = wall <= target
         failed |= not ok
         best = wall if best is None else min(best, wall)
-        print(f"{parallelism:>11} {wall:>7.2f} {statistics.median(walls):>8.2f} {start:>7.2f} "
+        print(f"{parallelism:>11} {wall:>7.2f} {start:>7.2f} {wall - start:>7.2f} {beyond:>8.2f} "
               f"{floor:>8.2f} {wall / floor:>10.2f} {target:>9.2f} {'yes' if ok else 'NO':>3}",
               flush=True)
     if not args.no_peer:
