@@ -9,15 +9,15 @@ Usage: python bench/apply.py [--count 1000] [--latency-ms 20] [--parallelism 10,
 The design measured: coroutines on one event loop over reconciler.aiotransport's keep-alive
 HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a worker moves on as
 soon as the API answered, its record written on the loop. Measured on this project's noisy 2-core
-machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.99-1.11 s against a target of
-0.98-1.11 (met in 4 of 7 invocations; missed by up to 0.12 s), where the thread-pool design took
-2.3-2.8 s. The machine runs the same code at two speeds, about 2x apart, from one minute to the
-next: the target is met when the runs fall in the fast spell (0.53-0.56 s beyond process start,
-against the 0.6 s allowed) and missed in the slow one (0.61-0.73 s). At 50 the run itself takes
-about 0.47 s, 1.17x its floor, and the client's loop is busy for 0.4 s of it (about 0.4 ms of CPU
-a create: HTTP, intents, records); the emulator (`python -m reconciler.emulator`, as here) times
-each answer from the request's arrival. The rest of the 0.6 s goes to loading 1,000 schedules
-(0.05-0.09 s), sealing the state (0.045-0.055 s), opening 50 connections (15 ms of the loop's
+machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.95-1.16 s, met in 10 of 12
+invocations (missed by 4 and 10 ms), where the thread-pool design took 2.3-2.8 s. Each run counts
+against the process start measured just before it: the machine runs the same code at two speeds,
+about 2x apart, from one minute to the next. At 50 the run itself takes about 0.47 s, 1.17x its
+floor; the emulator (`python -m reconciler.emulator`, as here) times each answer from the
+request's arrival, and its timers fire 1.7 ms late on average, answering a burst of 50 one after
+another. A minimal asyncio client (raw bytes, 0.1 ms of CPU a request) does no better than 1.14x.
+The rest of the 0.6 s the target allows beyond process start goes to loading 1,000 schedules
+(0.05-0.09 s), sealing the state (0.033-0.045 s), opening 50 connections (15 ms of the loop's
 CPU), and planning, locking and provenance (0.02 s).
 """
 
