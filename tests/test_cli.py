@@ -210,3 +210,23 @@ def test_output_nobody_reads_any_more_ends_the_process_with_1_and_no_traceback()
     error = process.stderr.read()
     process.stderr.close()
     assert (process.wait(timeout=60), error) == (1, b"")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_that_cannot_be_written_is_said_in_one_line() -> None:
+    with open("/dev/full", "w") as full:  # every write fails: no space left on device
+        result = subprocess.run(_command_ending_with(0, "'done\\n'"), env=_BUFFERED,
+                                stdout=full, stderr=subprocess.PIPE, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot write the output: ")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_under_a_profiler_the_interpreter_ends_as_usual() -> None:
+    # Profilers, tracers and coverage write their results at exit (here: an atexit handler).
+    command = _command_ending_with(0, "'done\\n'")
+    command[2] = ("import atexit, sys\n"
+                  "atexit.register(lambda: print('results written'))\n"
+                  "sys.setprofile(lambda *args: None)\n" + command[2])
+    result = subprocess.run(command, env=_BUFFERED, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout) == (0, "done\nresults written\n")

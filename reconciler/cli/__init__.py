@@ -7,6 +7,7 @@ turned into 1), 2 only for "succeeded, changes present" with --detailed-exitcode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -90,15 +91,23 @@ def _leave(code: int) -> NoReturn:
     When `main` returns, what a command wrote is on disk (synced, its files closed) and its
     threads have ended; what is left is to free every object one by one and unload every
     module, which took 15-20 ms after an apply of 1,000 creates (mypy ends its runs the same
-    way). A stream that cannot be flushed (a reader that went away) makes the exit code 1, as
-    a failed write does inside `main`.
+    way). Output that cannot be flushed makes the exit code 1: silently when its reader has
+    gone (a closed pipe), as inside `main`, with one line for any other failure (a full disk).
+    Under a profiler, a tracer or coverage, the interpreter is left to end as usual: they write
+    their results at exit.
     """
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # ValueError: the stream was closed
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
             code = EXIT_ERROR
+        except OSError as exc:
+            code = EXIT_ERROR
+            with contextlib.suppress(OSError):
+                os.write(2, f"error: cannot write the output: {exc.strerror or exc}\n".encode())
     logging.shutdown()
+    if sys.gettrace() is not None or sys.getprofile() is not None or "coverage" in sys.modules:
+        sys.exit(code)
     os._exit(code)
 
 

@@ -29,8 +29,7 @@ def pretty_json(data: Any) -> bytes:
     `_indented` for the plain dicts, lists, strings, ints, bools and None a snapshot is made of:
     json's own indenting encoder is pure Python (the C one takes no indent here) and took 22-35
     ms of every commit of 1,000 records, `_indented` 13-21 ms. Anything else in `data` (a float,
-    a tuple, a subclass, a non-string key) is left to json.dumps, whole; a `Record` is written
-    as its `to_json()` would be.
+    a tuple, a subclass, a non-string key) is left to json.dumps, whole.
     """
     parts: list[str] = []
     try:
@@ -86,10 +85,20 @@ def _indented(value: Any, newline: str, write: Callable[[str], object]) -> None:
         write("false")
     elif kind is int:
         write(int.__repr__(value))
-    elif kind is Record:
-        write(_record_text(value, newline))
+    elif kind is _Written:
+        write(value.text)
     else:
         raise _Unplain
+
+
+class _Written:
+    """A value already written at its place in the document (only `snapshot_bytes` makes
+    these)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 # json's own string encoder for ensure_ascii=False (the C one where it is built).
@@ -160,15 +169,18 @@ def snapshot_bytes(snap: Snapshot) -> bytes:
     records, nearly all of it, written by `_record_text`."""
     parts: list[str] = []
     try:
-        _indented(snapshot_document(snap, _itself), "\n", parts.append)
+        _indented(snapshot_document(snap, _written_record), "\n", parts.append)
     except (_Unplain, RecursionError, TypeError):
         return pretty_json(snapshot_document(snap))
     parts.append("\n")
     return "".join(parts).encode()
 
 
-def _itself(record: Record) -> Record:
-    return record
+_RECORD_NEWLINE = "\n    "  # a record's place: the document's "dispatches", then its key
+
+
+def _written_record(record: Record) -> _Written:
+    return _Written(_record_text(record, _RECORD_NEWLINE))
 
 
 def pack(data: bytes) -> bytes:
