@@ -9,8 +9,8 @@ Usage: python bench/apply.py [--count 1000] [--latency-ms 20] [--parallelism 10,
 The design measured: coroutines on one event loop over reconciler.aiotransport's keep-alive
 HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a worker moves on as
 soon as the API answered, its record written on the loop. Measured on this project's noisy 2-core
-machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.95-1.16 s, met in 10 of 12
-invocations (missed by 4 and 10 ms), where the thread-pool design took 2.3-2.8 s. Each run counts
+machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.95-1.17 s, met in 13 of 18
+invocations (missed by 4-70 ms), where the thread-pool design took 2.3-2.8 s. Each run counts
 against the process start measured just before it: the machine runs the same code at two speeds,
 about 2x apart, from one minute to the next. At 50 the run itself takes about 0.47 s, 1.17x its
 floor; the emulator (`python -m reconciler.emulator`, as here) times each answer from the
