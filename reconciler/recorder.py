@@ -9,11 +9,15 @@ Under load a batch holds the writes of many concurrent actions, which is how 1,0
 far fewer than 1,000 syncs, and the loop wakes once per batch rather than once per write.
 
 A session whose records are quick to write (`Session.quick_puts`: the local journal appends a
-line and does not flush) gets its records written on the loop instead, those queued in one pass
-of the loop together, as soon as the pass ends: handing each over to the thread and back cost
-more CPU, in thread switches and contention for the GIL, than the write itself (about 0.1 s per
-1,000 creates), and one write for the records of a burst of answers saves a write and the
-journal's fencing checks for each of the others.
+line and does not flush) gets its records written on the loop instead, those queued within
+`QUICK_WRITE_DELAY` of each other together: handing each over to the thread and back cost more
+CPU, in thread switches and contention for the GIL, than the write itself (about 0.1 s per 1,000
+creates), and one write for the records of a burst of answers saves a write and the journal's
+fencing checks (two `stat` calls) for each of the others. The answers of a burst come in over
+several passes of the loop: written at the end of each pass, 1,000 records took about 290
+writes; gathered for 2 ms, far fewer, and the loop's CPU per apply of 1,000 creates fell from
+0.395 to 0.366 s (medians of 8). Nothing waits on a record but the action's final result: a
+record lost to a kill meanwhile is recovered from its intent, as at any other moment.
 
 Ordering: the writes of one key come from one coroutine, each after the previous one is done, so
 a batch never holds two writes of one key, and writes of different keys commute.
@@ -41,6 +45,8 @@ class _Write:
 
 
 _STOP = object()
+QUICK_WRITE_DELAY = 0.002
+"""Seconds a quick record write waits for the records queued after it, to be written with it."""
 
 
 class Recorder:
@@ -86,7 +92,7 @@ class Recorder:
         self._quick.append(write)
         if len(self._quick) == 1:
             assert self._loop is not None
-            self._loop.call_soon(self._write_quick)
+            self._loop.call_later(QUICK_WRITE_DELAY, self._write_quick)
         return write.done
 
     def _write_quick(self) -> None:
