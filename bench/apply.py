@@ -9,13 +9,16 @@ Usage: python bench/apply.py [--count 1000] [--latency-ms 20] [--parallelism 10,
 The design measured: coroutines on one event loop over reconciler.aiotransport's keep-alive
 HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a worker moves on as
 soon as the API answered, its record written on the loop. Measured on this project's noisy 2-core
-machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.95-1.17 s, met in 13 of 18
+machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.95-1.20 s, met in 16 of 24
 invocations (missed by 4-70 ms), where the thread-pool design took 2.3-2.8 s. Each run counts
 against the process start measured just before it: the machine runs the same code at two speeds,
-about 2x apart, from one minute to the next. At 50 the run itself takes about 0.47 s, 1.17x its
-floor; the emulator (`python -m reconciler.emulator`, as here) times each answer from the
-request's arrival, and its timers fire 1.7 ms late on average, answering a burst of 50 one after
-another. A minimal asyncio client (raw bytes, 0.1 ms of CPU a request) does no better than 1.14x.
+about 2x apart, from one minute to the next. At 50 the run itself takes 0.47-0.52 s, 1.17-1.3x
+its floor, in 20 rounds of 50 requests: the emulator (`python -m reconciler.emulator`, as here)
+times each answer from the request's arrival, but its timers fire 1.7 ms late on average (epoll
+waits in whole milliseconds, and it answers a burst one after another), and the client's loop
+spends 0.37 ms of CPU a create, so the last answers of a burst wait for the others to be handled
+before their next request leaves. A minimal asyncio client (raw bytes, 0.1 ms of CPU a request)
+gets 1.14-1.22x.
 The rest of the 0.6 s the target allows beyond process start goes to loading 1,000 schedules
 (0.05-0.09 s), sealing the state (0.033-0.045 s), opening 50 connections (15 ms of the loop's
 CPU), and planning, locking and provenance (0.02 s).
