@@ -31,11 +31,19 @@ def pretty_json(data: Any) -> bytes:
     ms of every commit of 1,000 records, `_indented` 13-21 ms. Anything else in `data` (a float,
     a tuple, a subclass, a non-string key) is left to json.dumps, whole.
     """
+    text = _plain_text(data)
+    if text is None:
+        return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    return text
+
+
+def _plain_text(data: Any) -> bytes | None:
+    """`data` as `pretty_json` writes it, by `_indented`; None when it is not all plain."""
     parts: list[str] = []
     try:
         _indented(data, "\n", parts.append)
     except (_Unplain, RecursionError, TypeError):
-        return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+        return None
     parts.append("\n")
     return "".join(parts).encode()
 
@@ -85,20 +93,20 @@ def _indented(value: Any, newline: str, write: Callable[[str], object]) -> None:
         write("false")
     elif kind is int:
         write(int.__repr__(value))
-    elif kind is _Written:
-        write(value.text)
+    elif kind is _Templated:
+        write(_record_text(value.record, newline))
     else:
         raise _Unplain
 
 
-class _Written:
-    """A value already written at its place in the document (only `snapshot_bytes` makes
-    these)."""
+class _Templated:
+    """A record to write from its template, where it stands in the document (only
+    `snapshot_bytes` puts these in a document)."""
 
-    __slots__ = ("text",)
+    __slots__ = ("record",)
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, record: Record) -> None:
+        self.record = record
 
 
 # json's own string encoder for ensure_ascii=False (the C one where it is built).
@@ -167,20 +175,8 @@ def snapshot_document(snap: Snapshot, record: Callable[[Record], Any] = Record.t
 def snapshot_bytes(snap: Snapshot) -> bytes:
     """The state file's content for `snap`: `pretty_json(snapshot_document(snap))`, with the
     records, nearly all of it, written by `_record_text`."""
-    parts: list[str] = []
-    try:
-        _indented(snapshot_document(snap, _written_record), "\n", parts.append)
-    except (_Unplain, RecursionError, TypeError):
-        return pretty_json(snapshot_document(snap))
-    parts.append("\n")
-    return "".join(parts).encode()
-
-
-_RECORD_NEWLINE = "\n    "  # a record's place: the document's "dispatches", then its key
-
-
-def _written_record(record: Record) -> _Written:
-    return _Written(_record_text(record, _RECORD_NEWLINE))
+    text = _plain_text(snapshot_document(snap, _Templated))
+    return text if text is not None else pretty_json(snapshot_document(snap))
 
 
 def pack(data: bytes) -> bytes:
