@@ -650,8 +650,8 @@ class _Transport(asyncio.Transport):
 
 
 class _Answering:
-    def receive(self, request: Any, body: bytes) -> tuple[float, Callable[[], Reply]]:
-        return 0.0, lambda: Reply(200, {"path": request.target})
+    def receive(self, request: Any, body: bytes) -> tuple[float, Reply]:
+        return 0.0, Reply(200, {"path": request.target})
 
 
 def test_no_more_requests_are_read_while_the_client_does_not_read_its_answers() -> None:
@@ -751,9 +751,9 @@ class _SlowToRead:
     def __init__(self, work: float, latency: float) -> None:
         self.work, self.latency = work, latency
 
-    def receive(self, request: Any, body: bytes) -> tuple[float, Callable[[], Reply]]:
+    def receive(self, request: Any, body: bytes) -> tuple[float, Reply]:
         time.sleep(self.work)
-        return self.latency, lambda: Reply(200, {})
+        return self.latency, Reply(200, {})
 
 
 def _serving(app: Any) -> tuple[server.HttpServer, int]:
@@ -805,6 +805,37 @@ def test_a_request_after_an_idle_wait_is_answered_after_the_latency() -> None:
             assert time.perf_counter() - started >= latency - 0.005
     finally:
         http_server.stop()
+
+
+def test_a_request_is_carried_out_on_arrival_and_answered_after_the_latency() -> None:
+    # The answer's work is done while it waits: answers falling due together then leave
+    # together, instead of one request's processing after another's.
+    latency = 0.5
+    with Emulator(latency_ms=latency * 1000) as emu, connect(emu) as sock, \
+            sock.makefile("rb") as stream:
+        started = time.perf_counter()
+        sock.sendall(request("POST", body=json.dumps(CRON).encode()))
+        deadline = started + latency / 2
+        while KEY not in emu.dispatches() and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        assert KEY in emu.dispatches()  # created, the answer not yet sent
+        assert time.perf_counter() - started < latency
+        status, _, body = read_response(stream)
+        assert time.perf_counter() - started >= latency - 0.005
+    assert status == 200
+    assert json.loads(body)["dispatch_id"] == emu.dispatches()[KEY]["dispatch_id"]
+
+
+def test_a_dropped_answer_is_dropped_after_the_latency() -> None:
+    latency = 0.3
+    with Emulator(latency_ms=latency * 1000) as emu, connect(emu) as sock, \
+            sock.makefile("rb") as stream:
+        emu.add_fault(KEY, "drop_after_create")
+        started = time.perf_counter()
+        sock.sendall(request("POST", body=json.dumps(CRON).encode()))
+        assert stream.read() == b""  # closed without an answer
+        assert time.perf_counter() - started >= latency - 0.005
+        assert KEY in emu.dispatches()
 
 
 def test_handle_is_usable_without_a_server() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import logging
 import os
@@ -224,21 +223,20 @@ class Emulator:
         fields = {name.lower(): value for name, value in (headers or {}).items()}
         if token is not None:
             fields["x-auth-token"] = token
-        delay, answer = self.receive(Request(method, target, fields, len(raw), ""), raw)
+        delay, reply = self.receive(Request(method, target, fields, len(raw), ""), raw)
         if delay:
             time.sleep(delay)
-        return answer()
+        return reply
 
-    def receive(self, request: Request, body: bytes) -> tuple[float, Callable[[], Reply]]:
-        """A request has arrived: a dispatch request is counted now, and answered after the
-        latency (by the returned function)."""
+    def receive(self, request: Request, body: bytes) -> tuple[float, Reply]:
+        """A request has arrived: it is counted and carried out now, and a dispatch request's
+        answer is sent after the latency."""
         method = request.method
         if method not in ("GET", "POST", "PUT", "DELETE"):
-            return 0.0, functools.partial(refusal, 501, f"unsupported method {method}")
+            return 0.0, refusal(501, f"unsupported method {method}")
         path, match = self._arrive(method, request.target)
-        answer = functools.partial(self._respond, method, path, match, request.headers, body,
-                                   target=request.target)
-        return (self._latency if match is not None else 0.0), answer
+        reply = self._respond(method, path, match, request.headers, body, target=request.target)
+        return (self._latency if match is not None else 0.0), reply
 
     def _arrive(self, method: str, target: str) -> tuple[str, re.Match[str] | None]:
         """The request's path and, for a dispatch request (counted here), its match."""

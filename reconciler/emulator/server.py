@@ -9,6 +9,15 @@ for the request's arrival plus the injected latency. With streams, a request wai
 to be scheduled before its latency even began, so under 50 concurrent clients answers came
 several milliseconds late and `python bench/apply.py` measured the emulator as much as the client.
 
+A request is carried out when it arrives, and its answer encoded then; the timer only writes the
+bytes. Answers fall due in bursts (a client's burst of requests arrives in one pass of the loop),
+and whatever is left for the timer is done for each answer of the burst one after another, in
+the way of the client's next requests; work done at arrival is done while the answers wait
+anyway. Against 50 clients at 20 ms (1,000 requests): 100 us more work per request at answer
+time lengthened an apply's run by 15-90 ms, at arrival by nothing measurable; carried out at
+arrival, answers left 0.51 ms after they were due on average instead of 0.72 ms, and a minimal
+client's run went from 1.19-1.25x its floor to 1.09-1.11x.
+
 What it speaks: `Content-Length` bodies only (chunked requests get 411), keep-alive and
 pipelining (answered in order; reading pauses while more than a request's worth waits, and while
 the client leaves its answers unread),
@@ -70,8 +79,8 @@ class Request:
 
 
 class Application(Protocol):
-    def receive(self, request: Request, body: bytes) -> tuple[float, Callable[[], Reply]]:
-        """On arrival: how long to wait before answering, and what computes the answer."""
+    def receive(self, request: Request, body: bytes) -> tuple[float, Reply]:
+        """On arrival: carry the request out; how long after its arrival to answer, and what."""
 
 
 class BadRequest(Exception):
@@ -253,19 +262,21 @@ class _Connection(asyncio.Protocol):
                 return
             request, body = taken
             self._busy = True
+            connection = request.connection
             try:
-                delay, answer = self._app.receive(request, body)
+                delay, reply = self._app.receive(request, body)
             except Exception:
                 log.exception("emulator: %s %s failed", request.method, request.target)
-                self._busy = False
-                self._transport.write(encode(_server_error(), "close"))
-                self._transport.close()
-                return
+                delay, reply, connection = 0.0, _server_error(), "close"
+            log.debug("emulator: %s %s: %s", request.method, request.target,
+                      "dropped" if reply.drop else reply.status)
+            answer = None if reply.drop else encode(
+                reply, connection, head_only=request.method == "HEAD")
             if delay > 0:
                 self._timer = asyncio.get_running_loop().call_at(
-                    self._arrival() + delay, self._answer_later, request, answer)
+                    self._arrival() + delay, self._answer_later, answer, connection)
                 return
-            if not self._respond(request, answer):
+            if not self._answer(answer, connection):
                 return
 
     def _take(self) -> tuple[Request, bytes] | None:
@@ -308,28 +319,22 @@ class _Connection(asyncio.Protocol):
         self._head = None
         return request, body
 
-    def _answer_later(self, request: Request, answer: Callable[[], Reply]) -> None:
+    def _answer_later(self, answer: bytes | None, connection: str) -> None:
         self._timer = None
-        if self._respond(request, answer):
+        if self._answer(answer, connection):
             self._next()  # a pipelined request may be waiting; at EOF, the end
 
-    def _respond(self, request: Request, answer: Callable[[], Reply]) -> bool:
-        """Compute and write the answer; whether the connection goes on."""
+    def _answer(self, answer: bytes | None, connection: str) -> bool:
+        """Write the encoded answer (None: drop the connection instead); whether the
+        connection goes on."""
         self._busy = False
-        connection = request.connection
-        try:
-            reply = answer()
-        except Exception:
-            log.exception("emulator: %s %s failed", request.method, request.target)
-            reply, connection = _server_error(), "close"
-        log.debug("emulator: %s %s: %s", request.method, request.target, reply.status)
         transport = self._transport
         if transport is None:  # the client has gone
             return False
-        if reply.drop:
+        if answer is None:
             transport.close()
             return False
-        transport.write(encode(reply, connection, head_only=request.method == "HEAD"))
+        transport.write(answer)
         if connection == "close" or transport.is_closing():
             transport.close()
             return False
