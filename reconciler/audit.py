@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepdiff import DeepDiff
-from deepdiff.helper import NotPresent
-
 from reconciler.model import SPEC_FIELDS, DispatchKey
 from reconciler.state.base import Provenance, Record, Snapshot, StateBackend, StateError
 from reconciler.state.snapshot import parse_snapshot
@@ -298,6 +295,10 @@ def _path(parts: tuple[str | int, ...] | list[str | int]) -> str:
 def _field_diffs(old: dict[str, Any], new: dict[str, Any]) -> tuple[FieldDiff, ...]:
     if old == new:
         return ()
+    # Imported here, not with the module: deepdiff takes 30-50 ms to import, and every command
+    # line imports this module, while only `state diff` compares records.
+    from deepdiff import DeepDiff  # noqa: PLC0415
+
     # threshold 0: always report single fields, never a whole `spec` that changed form
     report = DeepDiff(old, new, view="tree", verbose_level=2, threshold_to_diff_deeper=0)
     found: dict[str, FieldDiff] = {}
@@ -320,4 +321,6 @@ def _field_diffs(old: dict[str, Any], new: dict[str, Any]) -> tuple[FieldDiff, .
 
 
 def _present(value: Any) -> Any:
+    from deepdiff.helper import NotPresent  # noqa: PLC0415  (see _field_diffs)
+
     return None if isinstance(value, NotPresent) else value

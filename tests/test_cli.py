@@ -230,3 +230,11 @@ def test_under_a_profiler_the_interpreter_ends_as_usual() -> None:
                   "sys.setprofile(lambda *args: None)\n" + command[2])
     result = subprocess.run(command, env=_BUFFERED, capture_output=True, text=True, check=False)
     assert (result.returncode, result.stdout) == (0, "done\nresults written\n")
+
+
+def test_the_command_line_leaves_heavy_libraries_to_the_commands_that_use_them() -> None:
+    # Every command, --version included, pays for what `reconciler.cli` imports.
+    loaded = python_output(
+        "import sys, reconciler.cli\n"
+        "print(sorted(m for m in ('deepdiff', 'jsonschema', 'psycopg') if m in sys.modules))")
+    assert loaded.strip() == "[]"
