@@ -14,6 +14,7 @@ from reconciler.state.base import Intent, Provenance, Record, Snapshot
 from reconciler.state.snapshot import (
     _indented,
     _record_text,
+    _spec_text,
     pretty_json,
     snapshot_bytes,
     snapshot_document,
@@ -116,6 +117,14 @@ def test_a_record_without_floats_is_written_by_its_template(record: Record) -> N
     written: list[str] = []
     _indented(record.to_json(), "\n    ", written.append)
     assert _record_text(record, "\n    ") == "".join(written)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SPECS, st.sampled_from(["\n", "\n      "]))
+def test_a_spec_is_written_as_its_body_is(spec: Spec, newline: str) -> None:
+    written: list[str] = []
+    _indented(spec.body(), newline, written.append)
+    assert _spec_text(spec, newline) == "".join(written)
 
 
 def test_pretty_json_refuses_a_record_as_json_dumps_does() -> None:
