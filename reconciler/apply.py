@@ -187,6 +187,7 @@ class Applier:
             self._intents = IntentsAhead(recorder, creates, self._intent, self.parallelism)
             try:
                 results = await bounded_map(one, work, self.parallelism)
+                recorder.write_queued()  # the last answers' records: none will join them now
                 return [await result for result in results]
             finally:
                 await self._intents.release_unused()

@@ -26,6 +26,7 @@ a batch never holds two writes of one key, and writes of different keys commute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import queue
 import threading
@@ -61,21 +62,28 @@ class Recorder:
         self._thread = threading.Thread(target=self._work, name="state-recorder", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._quick: list[_Write] = []  # records to write on the loop
+        self._quick_timer: asyncio.TimerHandle | None = None
+        self._stopped: asyncio.Future[None] | None = None  # set by the thread as it ends
         # Whether the thread runs: Thread.is_alive() takes a lock, on every write.
         self._running = False
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
         self._thread.start()  # it runs until _STOP: the flag cannot be cleared before it is set
         self._running = True
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._write_quick()
+        self.write_queued()
         self._queue.put(_STOP)
-        # Writes already queued still run: a result the API gave must reach the state.
-        await asyncio.to_thread(self._thread.join)
+        # Writes already queued still run: a result the API gave must reach the state. Waited
+        # for through a future the thread settles as it ends, then joined at once: a thread of
+        # the loop's executor to join it would cost 2-4 ms, to start it and to shut it down.
+        assert self._stopped is not None
+        await self._stopped
+        self._thread.join()
 
     async def intend(self, intent: Intent) -> None:
         await self._submit((intent,))
@@ -90,13 +98,20 @@ class Recorder:
             return self._submit(record)
         write = self._write(record)
         self._quick.append(write)
-        if len(self._quick) == 1:
+        if self._quick_timer is None:
             assert self._loop is not None
-            self._loop.call_later(QUICK_WRITE_DELAY, self._write_quick)
+            self._quick_timer = self._loop.call_later(QUICK_WRITE_DELAY, self.write_queued)
         return write.done
 
-    def _write_quick(self) -> None:
+    def write_queued(self) -> None:
+        """Write the records queued on the loop now: when no more are coming, waiting for them
+        to gather only delays the results."""
+        if self._quick_timer is not None:
+            self._quick_timer.cancel()
+            self._quick_timer = None
         batch, self._quick = self._quick, []
+        if not batch:
+            return
         records = [write.value for write in batch if isinstance(write.value, Record)]
         _settle(self._together(batch, functools.partial(self._session.put_many, records)))
 
@@ -118,6 +133,9 @@ class Recorder:
             self._serve()
         finally:
             self._running = False
+            if self._loop is not None and self._stopped is not None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    self._loop.call_soon_threadsafe(_stop, self._stopped)
 
     def _serve(self) -> None:
         stopping = False
@@ -174,6 +192,11 @@ class Recorder:
         except Exception as exc:
             error = exc
         return [(write.done, error) for write in writes]
+
+
+def _stop(stopped: asyncio.Future[None]) -> None:
+    if not stopped.done():
+        stopped.set_result(None)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:

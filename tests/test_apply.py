@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -353,3 +354,15 @@ def test_records_that_fail_to_be_written_end_the_run_with_one_error_and_no_noise
             Applier(api, session, WHO, parallelism=4).run(plan.actions, set())
     gc.collect()  # asyncio logs unretrieved exceptions when their futures are collected
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_the_last_results_do_not_wait_for_records_that_will_never_join_them(
+        backend: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The local journal's records gather on the loop for a while before they are written; once
+    # every action has its answer, the run writes what is queued instead of waiting.
+    monkeypatch.setattr("reconciler.recorder.QUICK_WRITE_DELAY", 30.0)
+    started = time.monotonic()
+    results = apply(backend, FakeApi(), [schedule(f"t{n}") for n in range(3)])
+    assert time.monotonic() - started < 10
+    assert [r.outcome for r in results] == ["created"] * 3
+    assert len(backend.read().records) == 3

@@ -181,3 +181,39 @@ def test_a_quick_record_that_fails_fails_its_future() -> None:
 
     with pytest.raises(StateError, match="journal gone"):
         asyncio.run(main())
+
+
+def test_queued_quick_records_can_be_written_at_once() -> None:
+    session = QuickSession()
+
+    async def main() -> None:
+        async with Recorder(session) as recorder:
+            done = [recorder.put(record(f"t{n}")) for n in range(3)]
+            recorder.write_queued()  # the last answers are in: no wait for others to join them
+            assert all(future.done() for future in done)
+            assert session.put_calls == 1
+            await asyncio.sleep(QUICK_WRITE_DELAY * 3)  # the gathering timer was cancelled
+            assert session.put_calls == 1
+            later = recorder.put(record("t9"))  # a new batch gathers again
+            await asyncio.wait([later], timeout=QUICK_WRITE_DELAY + 5)
+            assert session.put_calls == 2
+            recorder.write_queued()  # nothing queued: no write
+        assert session.put_calls == 2
+
+    asyncio.run(main())
+
+
+def test_leaving_the_recorder_ends_its_thread_without_the_loops_executor() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def no_executor(*args: object) -> None:
+            raise AssertionError("the recorder's exit used the loop's executor")
+
+        loop.run_in_executor = no_executor  # type: ignore[method-assign, assignment]
+        async with Recorder(SlowSession()) as recorder:
+            await recorder.put(record("t1"))
+
+    before = threading.active_count()
+    asyncio.run(main())
+    assert threading.active_count() == before
