@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import gzip
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.model import DispatchKey, Spec
+from reconciler.state import files
 from reconciler.state.base import (
     Intent,
     LockHeld,
@@ -29,6 +31,7 @@ from reconciler.state.base import (
     LockLost,
     Provenance,
     Record,
+    Snapshot,
     StateBackend,
     StateError,
 )
@@ -849,3 +852,56 @@ def test_a_writer_whose_draft_was_swept_tries_again(state: Path,
         session.commit("s")
     assert len(swept) == 1
     assert backend.current_lock() is None
+
+
+def test_a_history_that_cannot_be_written_leaves_state_json_as_it_was(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(state)
+    commit_session(backend, rec("a"))
+    before = state.read_bytes()
+
+    def full(self: LocalBackend, snap: Snapshot, data: bytes) -> None:
+        time.sleep(0.05)  # still writing when state.json's new content is ready beside it
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.history_dir))
+
+    monkeypatch.setattr(LocalBackend, "_write_history", full)
+    with backend.write_session(PROV) as session:
+        session.put(rec("b"))
+        with pytest.raises(StateError, match="No space left"):
+            session.commit("b")
+    assert state.read_bytes() == before
+    assert [p.name for p in state.parent.iterdir() if p.name.endswith(".tmp")] == []
+    monkeypatch.undo()
+    # the journal kept what the failed commit could not seal
+    assert key("b") in LocalBackend(state).read().records
+
+
+def test_a_failed_state_write_waits_for_the_history_being_written(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(state)
+    commit_session(backend, rec("a"))
+    write_history = LocalBackend._write_history
+    finished: list[int] = []
+
+    def slow(self: LocalBackend, snap: Snapshot, data: bytes) -> None:
+        time.sleep(0.1)
+        write_history(self, snap, data)
+        finished.append(snap.serial)
+
+    write_temp = files.write_temp
+
+    def full(path: Path, data: bytes) -> tuple[int, str]:
+        if path == state:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_temp(path, data)
+
+    monkeypatch.setattr(LocalBackend, "_write_history", slow)
+    monkeypatch.setattr(files, "write_temp", full)
+    threads = threading.active_count()
+    with backend.write_session(PROV) as session:
+        session.put(rec("b"))
+        with pytest.raises(StateError, match="No space left"):
+            session.commit("b")
+        assert finished == [2]  # the history thread ended before the error came out
+    assert threading.active_count() <= threads
+    assert json.loads(state.read_bytes())["serial"] == 1

@@ -6,11 +6,44 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from reconciler.state.base import StateError
+
+T = TypeVar("T")
+
+
+class Background(Generic[T]):
+    """`call()` run in a thread of its own, for work that lets go of the GIL (fsync, zlib)
+    while the caller does something else; `result()` waits for it and raises what it raised.
+    A thread per call, not a pool: a commit makes two, and a pool's thread outlives them."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="state-io", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as error:  # handed to result()
+            self._error = error
+
+    def wait(self) -> None:
+        """Wait for the call to end, whatever its outcome."""
+        self._thread.join()
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set, as the call returned
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -45,11 +78,17 @@ def write_temp(path: Path, data: bytes) -> tuple[int, str]:
     return fd, temp
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old content or the new, never a mix."""
+def atomic_write(path: Path, data: bytes, *,
+                 before_replace: Callable[[], object] | None = None) -> None:
+    """Replace `path` with `data`: readers see the old content or the new, never a mix.
+
+    `before_replace` runs once `data` is on disk beside `path` and before it takes its place;
+    if it raises, `path` is left as it was."""
     fd, temp = write_temp(path, data)
     os.close(fd)
     try:
+        if before_replace is not None:
+            before_replace()
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from reconciler.model import DispatchKey, Spec
 from reconciler.state import local
@@ -50,8 +51,8 @@ def crash_after(step: str) -> None:
     original_index = LocalBackend._append_index
     original_seal = LocalBackend._seal
 
-    def atomic_write(path: Path, data: bytes) -> None:
-        original_write(path, data)
+    def atomic_write(path: Path, data: bytes, **options: Any) -> None:
+        original_write(path, data, **options)
         if (step == "history" and path.name.endswith(".json.gz")) or (
                 step == "snapshot" and path.name == "state.json"):
             die()
