@@ -93,8 +93,10 @@ class Spec:
     dispatch_interval: int | None = None
     start_datetime: int | None = None
     remark: str | None = None
-    # Computed on first use: a create's intent and its record both carry it.
+    # Computed on first use: a create's intent and its record both carry the fingerprint, and
+    # the record's journal line the canonical text.
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+    _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def use_quartz_cron(self) -> bool:
@@ -110,10 +112,19 @@ class Spec:
         return body
 
     @property
+    def canonical(self) -> str:
+        """The body as compact JSON with sorted keys: what the fingerprint is a hash of."""
+        known = self._canonical
+        if known is None:
+            known = compact_json.dumps(self.body(), sort_keys=True)
+            object.__setattr__(self, "_canonical", known)  # frozen, but only a cache
+        return known
+
+    @property
     def fingerprint(self) -> str:
         known = self._fingerprint
         if known is None:
-            known = fingerprint_of(self.body())
+            known = _sha256_of(self.canonical)
             object.__setattr__(self, "_fingerprint", known)  # frozen, but only a cache
         return known
 
@@ -141,7 +152,10 @@ SPEC_FIELDS: tuple[str, ...] = (
 
 def fingerprint_of(body: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a request body: equal bodies, equal fingerprints."""
-    canonical = compact_json.dumps(body, sort_keys=True)
+    return _sha256_of(compact_json.dumps(body, sort_keys=True))
+
+
+def _sha256_of(canonical: str) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
 
 from reconciler.model import ActionKind, Spec
 from reconciler.plan import make_plan
 from reconciler.state.base import Intent, Snapshot
 from tests.factories import HOURLY, NIGHTLY, key, record, remote, schedule, snapshot
+from tests.strategies import SPECS
 
 CHANGED = replace(NIGHTLY, cron="0 0 3 * * ?")
 
@@ -144,6 +148,14 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
     assert a.fingerprint == b.fingerprint
     assert a.fingerprint != replace(a, remark="y").fingerprint
     assert a.fingerprint.startswith("sha256:")
+
+
+@given(SPECS)
+def test_the_fingerprint_hashes_the_body_as_compact_sorted_json(spec: Spec) -> None:
+    canonical = json.dumps(spec.body(), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    assert spec.canonical == canonical
+    assert spec.fingerprint == "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_a_remembered_fingerprint_changes_nothing_else_about_a_spec() -> None:

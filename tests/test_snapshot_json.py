@@ -19,6 +19,7 @@ from reconciler.state.snapshot import (
     snapshot_bytes,
     snapshot_document,
 )
+from tests.strategies import IDS, RECORDS, SPECS, TEXT
 
 _SCALARS = (st.none() | st.booleans() | st.integers() | st.text()
             | st.floats(allow_nan=True, allow_infinity=True))
@@ -74,34 +75,18 @@ def test_deep_nesting_is_left_to_json() -> None:
     assert pretty_json(deep) == expected
 
 
-_IDS = st.text(alphabet="abcXYZ019_-", min_size=1, max_size=8)
-_TEXT = st.text()  # any code point: quotes, backslashes, control characters, surrogates' kin
-_ODD = st.floats(allow_nan=False) | st.booleans() | st.integers() | st.none() | _TEXT
-_SPECS = st.builds(Spec, cron=st.none() | _TEXT, cron_timezone=st.none() | _TEXT,
-                   period=st.none() | _TEXT, dispatch_interval=st.none() | st.integers(),
-                   start_datetime=st.none() | st.integers(), remark=st.none() | _TEXT)
-_RECORDS = st.builds(
-    Record, key=st.builds(DispatchKey, _IDS, _IDS, _IDS), name=_TEXT, source=_TEXT,
-    dispatch_id=_TEXT, spec=_SPECS,
-    # Declared int | None, but whatever a state file held is read back as it was: floats and
-    # booleans included, which the template leaves to the general encoder.
-    created_date=_ODD, last_modified_date=st.none() | st.integers(), applied_at=_TEXT,
-    applied_by=_TEXT, commit=st.none() | _TEXT, ci_job=st.none() | _TEXT,
-    version=st.integers())
-
-
 @st.composite
 def _snapshots(draw: st.DrawFn) -> Snapshot:
-    records = draw(st.lists(_RECORDS, max_size=6))
-    intents = draw(st.lists(st.builds(Intent, key=st.builds(DispatchKey, _IDS, _IDS, _IDS),
-                                      intent_id=_TEXT, action=_TEXT, started_at=_TEXT,
-                                      fingerprint=_TEXT), max_size=3))
-    provenance = draw(st.none() | st.builds(Provenance, operation=_TEXT, time=_TEXT,
-                                            actor=_TEXT, commit=st.none() | _TEXT,
-                                            ci_job=st.none() | _TEXT, host=st.none() | _TEXT))
-    return Snapshot(draw(_TEXT), draw(st.integers()),
+    records = draw(st.lists(RECORDS, max_size=6))
+    intents = draw(st.lists(st.builds(Intent, key=st.builds(DispatchKey, IDS, IDS, IDS),
+                                      intent_id=TEXT, action=TEXT, started_at=TEXT,
+                                      fingerprint=TEXT), max_size=3))
+    provenance = draw(st.none() | st.builds(Provenance, operation=TEXT, time=TEXT,
+                                            actor=TEXT, commit=st.none() | TEXT,
+                                            ci_job=st.none() | TEXT, host=st.none() | TEXT))
+    return Snapshot(draw(TEXT), draw(st.integers()),
                     {record.key: record for record in records},
-                    {intent.key: intent for intent in intents}, provenance, draw(_TEXT))
+                    {intent.key: intent for intent in intents}, provenance, draw(TEXT))
 
 
 @settings(max_examples=300, deadline=None)
@@ -111,7 +96,7 @@ def test_a_snapshot_is_written_as_json_dumps_writes_its_document(snap: Snapshot)
 
 
 @settings(max_examples=300, deadline=None)
-@given(_RECORDS.filter(lambda record: type(record.created_date) is not float))
+@given(RECORDS.filter(lambda record: type(record.created_date) is not float))
 def test_a_record_without_floats_is_written_by_its_template(record: Record) -> None:
     # Not left to the general encoder, which would write the same, only slower.
     written: list[str] = []
@@ -120,7 +105,7 @@ def test_a_record_without_floats_is_written_by_its_template(record: Record) -> N
 
 
 @settings(max_examples=300, deadline=None)
-@given(_SPECS, st.sampled_from(["\n", "\n      "]))
+@given(SPECS, st.sampled_from(["\n", "\n      "]))
 def test_a_spec_is_written_as_its_body_is(spec: Spec, newline: str) -> None:
     written: list[str] = []
     _indented(spec.body(), newline, written.append)

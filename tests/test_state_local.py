@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 from reconciler.model import DispatchKey, Spec
-from reconciler.state import files
+from reconciler.state import files, local
 from reconciler.state.base import (
     Intent,
     LockHeld,
@@ -38,6 +39,7 @@ from reconciler.state.base import (
 from reconciler.state.local import LocalBackend
 from tests.state_helpers import history
 from tests.state_helpers.history import state_files
+from tests.strategies import RECORDS
 
 REPO = Path(__file__).resolve().parent.parent
 WRITER = Path(__file__).resolve().parent / "state_helpers" / "writer.py"
@@ -905,3 +907,25 @@ def test_a_failed_state_write_waits_for_the_history_being_written(
         assert finished == [2]  # the history thread ended before the error came out
     assert threading.active_count() <= threads
     assert json.loads(state.read_bytes())["serial"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(RECORDS)
+def test_a_put_line_is_the_entry_as_json_writes_it(record: Record) -> None:
+    entry = {"op": "put", "key": str(record.key), "record": record.to_json()}
+    assert local._put_line(record) == (
+        json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        + "\n").encode()
+
+
+@settings(max_examples=100, deadline=None)
+@given(RECORDS.filter(lambda record: type(record.created_date) in (int, type(None))))
+def test_a_record_of_plain_values_is_put_by_its_template(record: Record) -> None:
+    # Not left to the general encoder, which would write the same, only slower.
+    general = local._line
+    local._line = None  # type: ignore[assignment]
+    try:
+        line = local._put_line(record)
+    finally:
+        local._line = general
+    assert line == general({"op": "put", "key": str(record.key), "record": record.to_json()})

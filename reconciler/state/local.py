@@ -80,6 +80,36 @@ def _line(data: Any) -> bytes:
     return (compact_json.dumps(data, sort_keys=True) + "\n").encode()
 
 
+_string: Callable[[str], str] = json.encoder.encode_basestring  # as compact_json writes them
+
+
+def _put_line(record: Record) -> bytes:
+    """`_line` of the entry that puts `record`, written from a template of its keys: building
+    the entry's dicts and sorting them took most of the CPU of recording a create's result.
+    The spec's text is the one its fingerprint hashes, made once. A value of a type other than
+    the fields' own (a float read back from an old state file) takes the general path."""
+    name, source, dispatch_id = record.name, record.source, record.dispatch_id
+    applied_at, applied_by, version = record.applied_at, record.applied_by, record.version
+    commit, ci_job = record.commit, record.ci_job
+    created, modified = record.created_date, record.last_modified_date
+    if not (type(name) is str and type(source) is str and type(dispatch_id) is str
+            and type(applied_at) is str and type(applied_by) is str and type(version) is int
+            and (commit is None or type(commit) is str) and (ci_job is None or type(ci_job) is str)
+            and (created is None or type(created) is int)
+            and (modified is None or type(modified) is int)):
+        return _line({"op": "put", "key": str(record.key), "record": record.to_json()})
+    return (
+        f'{{"key":{_string(str(record.key))},"op":"put","record":{{'
+        f'"applied_at":{_string(applied_at)},"applied_by":{_string(applied_by)},'
+        f'"ci_job":{"null" if ci_job is None else _string(ci_job)},'
+        f'"commit":{"null" if commit is None else _string(commit)},'
+        f'"created_date":{"null" if created is None else int.__repr__(created)},'
+        f'"dispatch_id":{_string(dispatch_id)},"fingerprint":{_string(record.fingerprint)},'
+        f'"last_modified_date":{"null" if modified is None else int.__repr__(modified)},'
+        f'"name":{_string(name)},"source":{_string(source)},"spec":{record.spec.canonical},'
+        f'"version":{int.__repr__(version)}}}}}\n').encode()
+
+
 # fdatasync skips the inode's timestamps, which recovery does not need; fsync where it is absent.
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
@@ -437,8 +467,11 @@ class _LocalSession:
         self._append_all([(entry, apply)])
 
     def _append_all(self, entries: Sequence[tuple[dict[str, Any], Callable[[], object]]]) -> None:
-        """Write the lines in one write, then update the in-memory view."""
-        data = b"".join(_line(entry) for entry, _ in entries)
+        """Write the entries' lines in one write, then update the in-memory view."""
+        self._append_lines([(_line(entry), apply) for entry, apply in entries])
+
+    def _append_lines(self, lines: Sequence[tuple[bytes, Callable[[], object]]]) -> None:
+        data = b"".join(line for line, _ in lines)
         with self._lock:
             if self._closed:
                 raise StateError("the write session is closed")
@@ -446,8 +479,8 @@ class _LocalSession:
                 write_all(self._fd, data)
             # After the write, not before: see the module docstring.
             self._check_held("record an action", maybe_done=True)
-            self._actions += len(entries)
-            for _, apply in entries:
+            self._actions += len(lines)
+            for _, apply in lines:
                 apply()
 
     def put(self, record: Record) -> None:
@@ -461,8 +494,7 @@ class _LocalSession:
         serial = self.serial
         stored = [record if record.version == serial else dataclasses.replace(
             record, version=serial) for record in records]
-        self._append_all([({"op": "put", "key": str(r.key), "record": r.to_json()},
-                           functools.partial(self._store, r)) for r in stored])
+        self._append_lines([(_put_line(r), functools.partial(self._store, r)) for r in stored])
 
     def _store(self, record: Record) -> None:
         self._records[record.key] = record
