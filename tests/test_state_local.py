@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 
 from reconciler.model import DispatchKey, Spec
-from reconciler.state import files, local
+from reconciler.state import files, local, snapshot
 from reconciler.state.base import (
     Intent,
     LockHeld,
@@ -929,3 +929,26 @@ def test_a_record_of_plain_values_is_put_by_its_template(record: Record) -> None
     finally:
         local._line = general
     assert line == general({"op": "put", "key": str(record.key), "record": record.to_json()})
+
+
+def test_a_commit_takes_each_record_as_it_was_encoded_when_put(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(state)
+    commit_session(backend, rec("old"))
+
+    def not_again(record: Record, newline: str) -> str:
+        raise AssertionError(f"{record.key} encoded again at the commit")
+
+    with backend.write_session(PROV) as session:
+        session.put_many([rec("a"), rec("b")])
+        session.put(rec("c"))
+        # only the record of the previous serial is left to encode now
+        encode = snapshot._record_text
+        monkeypatch.setattr(snapshot, "_record_text", lambda record, newline: (
+            encode(record, newline) if record.key == key("old") else not_again(record, newline)))
+        session.commit("s")
+    monkeypatch.undo()
+    sealed = LocalBackend(state).read()
+    assert set(sealed.records) == {key("old"), key("a"), key("b"), key("c")}
+    assert state.read_bytes() == (json.dumps(snapshot.snapshot_document(sealed), sort_keys=True,
+                                             indent=2, ensure_ascii=False) + "\n").encode()

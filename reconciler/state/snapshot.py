@@ -12,7 +12,7 @@ import gzip
 import json
 import operator
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.model import SPEC_FIELDS, DispatchKey, ReconcilerError, Spec
@@ -94,19 +94,37 @@ def _indented(value: Any, newline: str, write: Callable[[str], object]) -> None:
     elif kind is int:
         write(int.__repr__(value))
     elif kind is _Templated:
-        write(_record_text(value.record, newline))
+        write(value.text if value.newline == newline else _record_text(value.record, newline))
     else:
         raise _Unplain
 
 
 class _Templated:
-    """A record to write from its template, where it stands in the document (only
-    `snapshot_bytes` puts these in a document)."""
+    """A record to write from its template, where it stands in the document, or as `text` if
+    written ahead at that indentation (only `snapshot_bytes` puts these in a document)."""
 
-    __slots__ = ("record",)
+    __slots__ = ("newline", "record", "text")
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, text: str = "", newline: str = "") -> None:
         self.record = record
+        self.text = text
+        self.newline = newline
+
+
+# Where a record stands in a snapshot's document: {"dispatches": {KEY: RECORD}}.
+_RECORD_NEWLINE = "\n    "
+
+
+def record_text(record: Record) -> str | None:
+    """The record's text as `snapshot_bytes` writes it among a snapshot's dispatches; None when
+    a value of it is left to json (a float read back from an old state file).
+
+    For a writer to encode its records as they come (between API answers) rather than all at
+    its commit, which then takes them from `snapshot_bytes`'s `written`."""
+    try:
+        return _record_text(record, _RECORD_NEWLINE)
+    except _Unplain:
+        return None
 
 
 # json's own string encoder for ensure_ascii=False (the C one where it is built).
@@ -188,10 +206,19 @@ def snapshot_document(snap: Snapshot, record: Callable[[Record], Any] = Record.t
     }
 
 
-def snapshot_bytes(snap: Snapshot) -> bytes:
+def snapshot_bytes(snap: Snapshot,
+                   written: Mapping[DispatchKey, tuple[Record, str]] | None = None) -> bytes:
     """The state file's content for `snap`: `pretty_json(snapshot_document(snap))`, with the
-    records, nearly all of it, written by `_record_text`."""
-    text = _plain_text(snapshot_document(snap, _Templated))
+    records, nearly all of it, written by `_record_text`; or taken from `written`, the
+    `record_text` of records by key, where that is the text of the very record in `snap`."""
+    document = snapshot_document(snap, _Templated)
+    if written:
+        dispatches = document["dispatches"]
+        for key, record in snap.records.items():
+            known = written.get(key)
+            if known is not None and known[0] is record:
+                dispatches[str(key)] = _Templated(record, known[1], _RECORD_NEWLINE)
+    text = _plain_text(document)
     return text if text is not None else pretty_json(snapshot_document(snap))
 
 

@@ -62,10 +62,10 @@ def crash_after(step: str) -> None:
         if step == "index":
             die()
 
-    def seal(self: LocalBackend, snap: Snapshot) -> None:
+    def seal(self: LocalBackend, snap: Snapshot, *args: Any) -> None:
         if step == "start":
             die()
-        original_seal(self, snap)
+        original_seal(self, snap, *args)
 
     local.atomic_write = atomic_write
     LocalBackend._append_index = append_index  # type: ignore[method-assign]
