@@ -82,8 +82,12 @@ class Recorder:
         # for through a future the thread settles as it ends, then joined at once: a thread of
         # the loop's executor to join it would cost 2-4 ms, to start it and to shut it down.
         assert self._stopped is not None
-        await self._stopped
-        self._thread.join()
+        try:
+            await asyncio.shield(self._stopped)
+        finally:
+            # Also when cancelled meanwhile (a second Ctrl-C): the writes queued still run, and
+            # the session is not closed under the thread.
+            self._thread.join()
 
     async def intend(self, intent: Intent) -> None:
         await self._submit((intent,))
@@ -155,7 +159,8 @@ class Recorder:
             if batch:
                 outcomes = self._execute(batch)
                 assert self._loop is not None
-                self._loop.call_soon_threadsafe(_settle, outcomes)
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    self._loop.call_soon_threadsafe(_settle, outcomes)
 
     def _execute(self, batch: list[_Write]) -> list[tuple[asyncio.Future[None],
                                                           BaseException | None]]:

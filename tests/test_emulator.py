@@ -791,6 +791,29 @@ def test_latency_runs_from_a_requests_arrival_not_from_when_the_server_read_it()
     assert latency <= answered[0] <= answered[2] < 3 * work + latency - 0.2
 
 
+class _Unencodable:
+    """An application whose answer cannot be written as JSON (a bug of the emulator's own)."""
+
+    def receive(self, request: Any, body: bytes) -> tuple[float, Reply]:
+        return 5.0, Reply(200, {"not json": object()})
+
+
+def test_an_answer_that_cannot_be_encoded_is_a_500_at_once_not_a_hung_connection() -> None:
+    http_server, port = _serving(_Unencodable())
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
+                sock.makefile("rb") as stream:
+            started = time.perf_counter()
+            sock.sendall(request())
+            status, headers, body = read_response(stream)
+            assert time.perf_counter() - started < 2.5  # not after the 5 s latency
+            assert (status, json.loads(body)["error_code"]) == (500, "FDI.3000")
+            assert headers["connection"] == "close"
+            assert stream.read() == b""
+    finally:
+        http_server.stop()
+
+
 def test_a_request_after_an_idle_wait_is_answered_after_the_latency() -> None:
     # Its arrival is when the wait that saw it ended, not when the wait began.
     latency = 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Sequence
 
@@ -217,3 +218,36 @@ def test_leaving_the_recorder_ends_its_thread_without_the_loops_executor() -> No
     before = threading.active_count()
     asyncio.run(main())
     assert threading.active_count() == before
+
+
+def test_a_cancelled_exit_still_lets_the_queued_writes_run_before_it_returns() -> None:
+    # A second Ctrl-C, or an outer timeout, while the recorder waits for its thread.
+    session = SlowSession(flush=0.3)
+    raised: list[BaseException] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: raised.append(args.exc_value)  # type: ignore[assignment]
+    recorders: list[Recorder] = []
+
+    async def body() -> None:
+        async with Recorder(session) as recorder:
+            recorders.append(recorder)
+            first = asyncio.ensure_future(recorder.intend(intent("t1")))
+            await asyncio.sleep(0.01)  # t1's flush has begun: t2 queues behind it
+            second = asyncio.ensure_future(recorder.intend(intent("t2")))
+            await asyncio.sleep(0)
+        await asyncio.gather(first, second)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(body())
+        await asyncio.sleep(0.1)  # inside the recorder's exit by now
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        threading.excepthook = hook
+    assert not recorders[0]._thread.is_alive()
+    assert session.batches == [[key("t1")], [key("t2")]]
+    assert raised == []

@@ -952,3 +952,38 @@ def test_a_commit_takes_each_record_as_it_was_encoded_when_put(
     assert set(sealed.records) == {key("old"), key("a"), key("b"), key("c")}
     assert state.read_bytes() == (json.dumps(snapshot.snapshot_document(sealed), sort_keys=True,
                                              indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def test_a_journal_that_cannot_be_synced_leaves_state_json_as_it_was(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sync runs beside the encoding; the serial is sealed only once it has succeeded.
+    backend = LocalBackend(state)
+    commit_session(backend, rec("a"))
+    sync = local._datasync
+
+    def failing(fd: int) -> None:
+        if threading.current_thread().name == "state-io":  # the commit's own sync
+            raise OSError(errno.EIO, "Input/output error")
+        sync(fd)
+
+    monkeypatch.setattr(local, "_datasync", failing)
+    with backend.write_session(PROV) as session:
+        session.put(rec("b"))
+        with pytest.raises(StateError, match="Input/output error"):
+            session.commit("b")
+    monkeypatch.undo()
+    assert json.loads(state.read_bytes())["serial"] == 1
+    assert state.with_suffix(".journal").exists()  # kept, to recover b from
+    assert key("b") in LocalBackend(state).read().records
+
+
+def test_a_record_put_twice_is_committed_as_last_put(state: Path) -> None:
+    backend = LocalBackend(state)
+    with backend.write_session(PROV) as session:
+        session.put(rec("a", cron="0 0 1 * * ?"))
+        session.put_many([rec("a", cron="0 0 2 * * ?"), rec("b")])
+        session.commit("s")
+    sealed = LocalBackend(state).read()
+    assert sealed.records[key("a")].spec.cron == "0 0 2 * * ?"
+    assert state.read_bytes() == (json.dumps(snapshot.snapshot_document(sealed), sort_keys=True,
+                                             indent=2, ensure_ascii=False) + "\n").encode()

@@ -265,13 +265,14 @@ class _Connection(asyncio.Protocol):
             connection = request.connection
             try:
                 delay, reply = self._app.receive(request, body)
+                answer = None if reply.drop else encode(
+                    reply, connection, head_only=request.method == "HEAD")
             except Exception:
                 log.exception("emulator: %s %s failed", request.method, request.target)
                 delay, reply, connection = 0.0, _server_error(), "close"
+                answer = encode(reply, connection)
             log.debug("emulator: %s %s: %s", request.method, request.target,
                       "dropped" if reply.drop else reply.status)
-            answer = None if reply.drop else encode(
-                reply, connection, head_only=request.method == "HEAD")
             if delay > 0:
                 self._timer = asyncio.get_running_loop().call_at(
                     self._arrival() + delay, self._answer_later, answer, connection)

@@ -304,7 +304,10 @@ class LocalBackend:
         return snap
 
     def _seal(self, snap: Snapshot,
-              written: Mapping[DispatchKey, tuple[Record, str]] | None = None) -> None:
+              written: Mapping[DispatchKey, tuple[Record, str]] | None = None,
+              ready: Callable[[], object] | None = None) -> None:
+        """Write `snap` as the next serial: history, index, then state.json; `written` as for
+        `snapshot_bytes`; `ready` must return before state.json is replaced (or raise)."""
         # History before state.json: once state.json shows a serial, its history is complete.
         # The history is compressed and written in a thread (zlib and fsync let go of the GIL)
         # while state.json's new content goes to disk beside it, to take its place once the
@@ -312,8 +315,14 @@ class LocalBackend:
         data = snapshot_bytes(snap, written)
         self.history_dir.mkdir(exist_ok=True)
         history = Background(functools.partial(self._write_history, snap, data))
+
+        def before_replace() -> None:
+            history.result()
+            if ready is not None:
+                ready()
+
         try:
-            atomic_write(self.path, data, before_replace=history.result)
+            atomic_write(self.path, data, before_replace=before_replace)
         finally:
             history.wait()  # never left running: an error here still lets it end first
 
@@ -540,17 +549,16 @@ class _LocalSession:
             if not self._actions:
                 snap = self._base
             else:
-                # The journal is synced while the snapshot is encoded: in case sealing fails,
-                # recovery needs it, and fdatasync lets go of the GIL.
+                # The journal is synced while the snapshot is encoded (fdatasync lets go of the
+                # GIL), and must be before state.json is replaced: a commit either seals the
+                # serial or leaves a durable journal to recover it from, never both.
                 synced = Background(functools.partial(_datasync, self._fd))
                 try:
                     snap = Snapshot(self._lineage, self.serial, dict(self._records),
                                     dict(self._intents), self._provenance, summary)
-                    self._backend._seal(snap, self._written)
-                except BaseException:
-                    synced.wait()
-                    raise
-                synced.result()
+                    self._backend._seal(snap, self._written, synced.result)
+                finally:
+                    synced.wait()  # the journal's fd is closed next: never under the thread
                 self._committed = True
         self.close()
         return snap
