@@ -8,20 +8,20 @@ Usage: python bench/apply.py [--count 1000] [--latency-ms 20] [--parallelism 10,
 
 The design measured: coroutines on one event loop over reconciler.aiotransport's keep-alive
 HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a worker moves on as
-soon as the API answered, its record written on the loop. Measured on this project's noisy 2-core
-machines, best of 5: p10 2.85-3.1 s (target 3.4-3.6: met), p50 0.95-1.20 s, met in 16 of 24
-invocations (missed by 4-70 ms), where the thread-pool design took 2.3-2.8 s. Each run counts
-against the process start measured just before it: the machine runs the same code at two speeds,
-about 2x apart, from one minute to the next. At 50 the run itself takes 0.47-0.52 s, 1.17-1.3x
-its floor, in 20 rounds of 50 requests: the emulator (`python -m reconciler.emulator`, as here)
-times each answer from the request's arrival, but its timers fire 1.7 ms late on average (epoll
-waits in whole milliseconds, and it answers a burst one after another), and the client's loop
-spends 0.37 ms of CPU a create, so the last answers of a burst wait for the others to be handled
-before their next request leaves. A minimal asyncio client (raw bytes, 0.1 ms of CPU a request)
-gets 1.14-1.22x.
-The rest of the 0.6 s the target allows beyond process start goes to loading 1,000 schedules
-(0.05-0.09 s), sealing the state (0.033-0.045 s), opening 50 connections (15 ms of the loop's
-CPU), and planning, locking and provenance (0.02 s).
+soon as the API answered, its record (and its text in state.json) written on the loop. The
+package's bytecode is compiled first (see common.reconciler_command). Measured on this project's
+noisy 2-core machines, best of 5: p10 2.77-2.94 s (target 3.3-3.6: met); p50 0.79-1.01 s, met
+in 17 of 26 invocations (missed by 1-30 ms), where the thread-pool design took 2.3-2.8 s. Each run
+counts against the process start measured just before it: the machine runs the same code at
+two speeds, up to 2x apart, from one minute to the next. At 50 the run itself takes 0.46-0.50 s,
+1.15-1.25x its floor, in 20 rounds of 50 requests: each round loses about 2.5 ms, 0.3-0.4 ms
+before the emulator reads a request and 0.35 ms late in answering it, 1.0-1.3 ms before the
+client's loop reads the answer and 0.7-0.8 ms before the next request leaves (the loop is busy
+with the others' answers); and the first requests leave 25 ms after the run starts (a batch of
+intents made durable, 50 connections opened). A minimal asyncio client (raw bytes, 0.1 ms of
+CPU a request) gets 1.09-1.11x. The rest of the 0.6 s the target allows beyond process start
+goes to loading 1,000 schedules (0.05-0.09 s), sealing the state (0.016-0.02 s), and planning,
+locking and provenance (0.03 s).
 """
 
 from __future__ import annotations
