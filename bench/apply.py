@@ -11,7 +11,7 @@ HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a w
 soon as the API answered, its record (and its text in state.json) written on the loop. The
 package's bytecode is compiled first (see common.reconciler_command). Measured on this project's
 noisy 2-core machines, best of 5: p10 2.77-2.94 s (target 3.3-3.6: met); p50 0.79-1.01 s, met
-in 17 of 26 invocations (missed by 1-30 ms), where the thread-pool design took 2.3-2.8 s. Each run
+in 21 of 32 invocations (missed by 1-70 ms), where the thread-pool design took 2.3-2.8 s. Each run
 counts against the process start measured just before it: the machine runs the same code at
 two speeds, up to 2x apart, from one minute to the next. At 50 the run itself takes 0.46-0.50 s,
 1.15-1.25x its floor, in 20 rounds of 50 requests: each round loses about 2.5 ms, 0.3-0.4 ms
