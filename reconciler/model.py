@@ -122,9 +122,10 @@ class Spec:
 
     @property
     def fingerprint(self) -> str:
+        """sha256 of the canonical text: equal bodies, equal fingerprints."""
         known = self._fingerprint
         if known is None:
-            known = _sha256_of(self.canonical)
+            known = "sha256:" + hashlib.sha256(self.canonical.encode()).hexdigest()
             object.__setattr__(self, "_fingerprint", known)  # frozen, but only a cache
         return known
 
@@ -148,15 +149,6 @@ SPEC_FIELDS: tuple[str, ...] = (
     "start_datetime",
     "remark",
 )
-
-
-def fingerprint_of(body: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a request body: equal bodies, equal fingerprints."""
-    return _sha256_of(compact_json.dumps(body, sort_keys=True))
-
-
-def _sha256_of(canonical: str) -> str:
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

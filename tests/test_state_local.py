@@ -913,7 +913,7 @@ def test_a_failed_state_write_waits_for_the_history_being_written(
 @given(RECORDS)
 def test_a_put_line_is_the_entry_as_json_writes_it(record: Record) -> None:
     entry = {"op": "put", "key": str(record.key), "record": record.to_json()}
-    assert local._put_line(record) == (
+    assert local._put_entry(record)[0] == (
         json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         + "\n").encode()
 
@@ -925,7 +925,7 @@ def test_a_record_of_plain_values_is_put_by_its_template(record: Record) -> None
     general = local._line
     local._line = None  # type: ignore[assignment]
     try:
-        line = local._put_line(record)
+        line = local._put_entry(record)[0]
     finally:
         local._line = general
     assert line == general({"op": "put", "key": str(record.key), "record": record.to_json()})

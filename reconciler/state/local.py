@@ -70,7 +70,7 @@ from reconciler.state.snapshot import (
     check_sequence,
     pack,
     parse_snapshot,
-    record_text,
+    record_texts,
     snapshot_bytes,
     unpack,
 )
@@ -81,34 +81,21 @@ def _line(data: Any) -> bytes:
     return (compact_json.dumps(data, sort_keys=True) + "\n").encode()
 
 
-_string: Callable[[str], str] = json.encoder.encode_basestring  # as compact_json writes them
+def _put_entry(record: Record) -> tuple[bytes, str | None]:
+    """The journal line that puts `record`, and the record's text in state.json (None when a
+    value of it is left to json, which then writes the line too).
 
-
-def _put_line(record: Record) -> bytes:
-    """`_line` of the entry that puts `record`, written from a template of its keys: building
-    the entry's dicts and sorting them took most of the CPU of recording a create's result.
-    The spec's text is the one its fingerprint hashes, made once. A value of a type other than
-    the fields' own (a float read back from an old state file) takes the general path."""
-    name, source, dispatch_id = record.name, record.source, record.dispatch_id
-    applied_at, applied_by, version = record.applied_at, record.applied_by, record.version
-    commit, ci_job = record.commit, record.ci_job
-    created, modified = record.created_date, record.last_modified_date
-    if not (type(name) is str and type(source) is str and type(dispatch_id) is str
-            and type(applied_at) is str and type(applied_by) is str and type(version) is int
-            and (commit is None or type(commit) is str) and (ci_job is None or type(ci_job) is str)
-            and (created is None or type(created) is int)
-            and (modified is None or type(modified) is int)):
-        return _line({"op": "put", "key": str(record.key), "record": record.to_json()})
-    return (
-        f'{{"key":{_string(str(record.key))},"op":"put","record":{{'
-        f'"applied_at":{_string(applied_at)},"applied_by":{_string(applied_by)},'
-        f'"ci_job":{"null" if ci_job is None else _string(ci_job)},'
-        f'"commit":{"null" if commit is None else _string(commit)},'
-        f'"created_date":{"null" if created is None else int.__repr__(created)},'
-        f'"dispatch_id":{_string(dispatch_id)},"fingerprint":{_string(record.fingerprint)},'
-        f'"last_modified_date":{"null" if modified is None else int.__repr__(modified)},'
-        f'"name":{_string(name)},"source":{_string(source)},"spec":{record.spec.canonical},'
-        f'"version":{int.__repr__(version)}}}}}\n').encode()
+    Both from one template of the record's keys: building the entry's dicts and sorting them
+    took most of the CPU of recording a create's result. The state.json text is made now,
+    between API answers, rather than at the commit: 1,000 records took 17-25 ms of every
+    commit to encode."""
+    key = str(record.key)
+    texts = record_texts(record)
+    if texts is None:
+        return _line({"op": "put", "key": key, "record": record.to_json()}), None
+    pretty, compact = texts
+    line = f'{{"key":{compact_json.dumps(key)},"op":"put","record":{compact}}}\n'
+    return line.encode(), pretty
 
 
 # fdatasync skips the inode's timestamps, which recovery does not need; fsync where it is absent.
@@ -506,13 +493,16 @@ class _LocalSession:
         serial = self.serial
         stored = [record if record.version == serial else dataclasses.replace(
             record, version=serial) for record in records]
-        self._append_lines([(_put_line(r), functools.partial(self._store, r)) for r in stored])
-        # Each record's text in state.json, made now, between API answers, rather than all of
-        # them at the commit: 1,000 records took 17-25 ms of every commit to encode.
+        lines: list[tuple[bytes, Callable[[], object]]] = []
+        written: list[tuple[Record, str]] = []
         for record in stored:
-            text = record_text(record)
+            line, text = _put_entry(record)
+            lines.append((line, functools.partial(self._store, record)))
             if text is not None:
-                self._written[record.key] = (record, text)
+                written.append((record, text))
+        self._append_lines(lines)
+        for record, pretty in written:
+            self._written[record.key] = (record, pretty)
 
     def _store(self, record: Record) -> None:
         self._records[record.key] = record

@@ -115,16 +115,22 @@ class _Templated:
 _RECORD_NEWLINE = "\n    "
 
 
-def record_text(record: Record) -> str | None:
-    """The record's text as `snapshot_bytes` writes it among a snapshot's dispatches; None when
-    a value of it is left to json (a float read back from an old state file).
+def record_texts(record: Record) -> tuple[str, str] | None:
+    """The record's text as `snapshot_bytes` writes it among a snapshot's dispatches, and as
+    compact JSON with sorted keys (a journal line's); None when a value of it is left to json
+    (a float read back from an old state file).
 
     For a writer to encode its records as they come (between API answers) rather than all at
-    its commit, which then takes them from `snapshot_bytes`'s `written`."""
+    its commit, which then takes them from `snapshot_bytes`'s `written`. Each value is escaped
+    once for both texts; the compact one's spec is the text its fingerprint hashes."""
     try:
-        return _record_text(record, _RECORD_NEWLINE)
+        values = _record_values(record)
     except _Unplain:
         return None
+    pretty = _record_template(_RECORD_NEWLINE) % (
+        *values[:_SPEC_AT], _spec_text(record.spec, _RECORD_NEWLINE + "  "), *values[_SPEC_AT:])
+    compact = _COMPACT_RECORD % (*values[:_SPEC_AT], record.spec.canonical, *values[_SPEC_AT:])
+    return pretty, compact
 
 
 # json's own string encoder for ensure_ascii=False (the C one where it is built).
@@ -138,25 +144,35 @@ _RECORD_FIELDS: tuple[tuple[str, Callable[[Record], Any]], ...] = tuple(
         "name", "source", "dispatch_id", "fingerprint", "created_date", "last_modified_date",
         "applied_at", "applied_by", "commit", "ci_job", "version")))
 _SPEC_AT = sorted([*(name for name, _ in _RECORD_FIELDS), "spec"]).index("spec")
+_RECORD_KEYS = sorted([*(name for name, _ in _RECORD_FIELDS), "spec"])
 _RECORD_TEMPLATES: dict[str, str] = {}
+_COMPACT_RECORD = "{" + ",".join(f"{_string(key)}:%s" for key in _RECORD_KEYS) + "}"
+
+
+def _record_template(newline: str) -> str:
+    template = _RECORD_TEMPLATES.get(newline)
+    if template is None:
+        inner = newline + "  "
+        template = _RECORD_TEMPLATES[newline] = (
+            "{" + inner + ("," + inner).join(f"{_string(key)}: %s" for key in _RECORD_KEYS)
+            + newline + "}")
+    return template
+
+
+def _record_values(record: Record) -> list[str]:
+    """The JSON text of each of the record's fields but its spec, in `_RECORD_FIELDS` order;
+    _Unplain for a value of another type than json would write as these do (a float, a
+    subclass)."""
+    return [_scalar(read(record)) for _, read in _RECORD_FIELDS]
 
 
 def _record_text(record: Record, newline: str) -> str:
     """`_indented(record.to_json(), newline, ...)`'s text, from a template of the record's
     fixed keys: without building the dict, sorting its keys and walking it, the state of 1,000
-    records is encoded in 22 ms rather than 34 (medians). _Unplain for a value of another type
-    than json would write as these do (a float, a subclass)."""
-    template = _RECORD_TEMPLATES.get(newline)
-    if template is None:
-        inner = newline + "  "
-        keys = [name for name, _ in _RECORD_FIELDS]
-        keys.insert(_SPEC_AT, "spec")
-        template = _RECORD_TEMPLATES[newline] = (
-            "{" + inner + ("," + inner).join(f"{_string(key)}: %s" for key in keys)
-            + newline + "}")
-    values = [_scalar(read(record)) for _, read in _RECORD_FIELDS]
-    values.insert(_SPEC_AT, _spec_text(record.spec, newline + "  "))
-    return template % tuple(values)
+    records is encoded in 22 ms rather than 34 (medians)."""
+    values = _record_values(record)
+    return _record_template(newline) % (
+        *values[:_SPEC_AT], _spec_text(record.spec, newline + "  "), *values[_SPEC_AT:])
 
 
 # `Spec.body()`'s keys in sorted order, each with its label: the body holds use_quartz_cron and
@@ -210,7 +226,7 @@ def snapshot_bytes(snap: Snapshot,
                    written: Mapping[DispatchKey, tuple[Record, str]] | None = None) -> bytes:
     """The state file's content for `snap`: `pretty_json(snapshot_document(snap))`, with the
     records, nearly all of it, written by `_record_text`; or taken from `written`, the
-    `record_text` of records by key, where that is the text of the very record in `snap`."""
+    `record_texts` of records by key, where that is the text of the very record in `snap`."""
     document = snapshot_document(snap, _Templated)
     if written:
         dispatches = document["dispatches"]
