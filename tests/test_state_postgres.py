@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from reconciler.model import DispatchKey
-from reconciler.state import postgres
+from reconciler.state import postgres, postgres_lock
 from reconciler.state.base import Intent, LockHeld, StateError
 from reconciler.state.local import LocalBackend
 from reconciler.state.migrate import migrate
@@ -445,12 +445,12 @@ def test_lock_without_a_row_is_reported_as_unknown(pg_dsn: str, pg_workspace: st
     backend.read()
     commit_session(backend, rec("a"))
     with psycopg.connect(pg_dsn, autocommit=True) as squatter:
-        squatter.execute("SELECT pg_advisory_lock(%s)", (postgres.lock_key(pg_workspace),))
+        squatter.execute("SELECT pg_advisory_lock(%s)", (postgres_lock.lock_key(pg_workspace),))
         with pytest.raises(LockHeld) as caught, backend.write_session(PROV):
             pytest.fail("the lock was taken twice")
-        assert caught.value.info.lock_id == postgres.UNKNOWN_LOCK_ID
+        assert caught.value.info.lock_id == postgres_lock.UNKNOWN_LOCK_ID
         assert caught.value.info.who == "postgres"
-        assert backend.force_unlock(postgres.UNKNOWN_LOCK_ID).lock_id == "unknown"
+        assert backend.force_unlock(postgres_lock.UNKNOWN_LOCK_ID).lock_id == "unknown"
         assert backend.current_lock() is None
     assert commit_session(backend, rec("b")) == 2
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from reconciler.model import DispatchKey, ReconcilerError, Spec
@@ -174,6 +175,27 @@ class LockInfo:
         job = f", CI job {self.ci_job}" if self.ci_job else ""
         return (f"lock {self.lock_id} held by {self.who} on {self.host} (pid {self.pid}) "
                 f"since {self.created} for {self.operation!r}{job}")
+
+    def stale_reason(self, *, lease: float, host: str, now: datetime) -> str | None:
+        """Why this lock is stale, seen from `host` at `now`: its process is gone from this
+        host, or its heartbeat is older than `lease` seconds. None while it is alive."""
+        if self.host == host and self.pid > 0:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return f"process {self.pid} is not running on this host"
+            except PermissionError:
+                pass  # alive, owned by another user
+        try:
+            beat = datetime.fromisoformat(self.heartbeat)
+        except ValueError:
+            return f"its heartbeat {self.heartbeat!r} is not a time"
+        if beat.tzinfo is None:
+            beat = beat.replace(tzinfo=UTC)
+        age = (now - beat).total_seconds()
+        if age > lease:
+            return f"no heartbeat for {age:.0f}s (lease {lease:g}s)"
+        return None
 
 
 class LockHeld(StateError):

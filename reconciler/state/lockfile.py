@@ -123,23 +123,7 @@ class LockFile:
         if held is None:
             return None
         info, lease = held
-        if info.host == self.host and info.pid > 0:
-            try:
-                os.kill(info.pid, 0)
-            except ProcessLookupError:
-                return info, f"process {info.pid} is not running on this host"
-            except PermissionError:
-                pass  # alive, owned by another user
-        try:
-            beat = datetime.fromisoformat(info.heartbeat)
-        except ValueError:
-            return info, f"its heartbeat {info.heartbeat!r} is not a time"
-        if beat.tzinfo is None:
-            beat = beat.replace(tzinfo=UTC)
-        age = (self.now() - beat).total_seconds()
-        if age > lease:
-            return info, f"no heartbeat for {age:.0f}s (lease {lease:g}s)"
-        return info, None
+        return info, info.stale_reason(lease=lease, host=self.host, now=self.now())
 
     def force_unlock(self, lock_id: str) -> LockInfo:
         """Remove the lock if `lock_id` names it; returns who held it."""

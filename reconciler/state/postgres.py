@@ -14,7 +14,8 @@ Several states share one database, each named by a `workspace`; every table is k
   (1.7 MB against 2.8 MB for 10,000 varied records), and equal bytes make a migration between
   backends exact and let `parse_snapshot` check `format_version` the same way for both;
 - `reconciler_lock`: who holds the lock. The lock itself is a session-level advisory lock, so
-  the server releases it when the holder's connection ends, whatever killed the holder;
+  the server releases it when the holder's connection ends, whatever killed the holder
+  (`reconciler.state.postgres_lock`);
 - `reconciler_schema_version`: the migrations applied (`MIGRATIONS`, in order).
 
 Each recorded action is one statement in its own implicit transaction (a batch from
@@ -43,19 +44,15 @@ import dataclasses
 import hashlib
 import os
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, LiteralString
 
 from reconciler.model import DispatchKey
-from reconciler.provenance import utc_iso
 from reconciler.state.base import (
     HistoryEntry,
     Intent,
-    LockHeld,
     LockInfo,
     LockLost,
     Provenance,
@@ -63,12 +60,9 @@ from reconciler.state.base import (
     Session,
     Snapshot,
     StateError,
-    current_user,
 )
-from reconciler.state.heartbeat import Heartbeat
 from reconciler.state.postgres_sql import (
     CLEAR_INTENT,
-    HOLDER_PID,
     INTEND,
     MIGRATIONS,
     PUT,
@@ -93,32 +87,15 @@ except ImportError as _missing:  # psycopg is the optional extra `reconciler[pos
         f"({_missing})"
     ) from None
 
-Connection = psycopg.Connection[tuple[Any, ...]]
-
-UNKNOWN_LOCK_ID = "unknown"
-"""The id reported when the advisory lock is held by a connection that wrote no lock row;
-`force_unlock` accepts it."""
-
-TERMINATE_WAIT_SECONDS = 10.0
-"""How long `force_unlock` waits for the server to end the holder's connection."""
-
+from reconciler.state.postgres_lock import (
+    AdvisoryLock,
+    Connection,
+    HeldLock,
+    one_line,
+)
 
 _SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"reconciler schema").digest()[:8], "big",
                                   signed=True)
-
-
-def lock_key(workspace: str) -> int:
-    """The advisory lock key of a workspace: 64 bits of a hash, so collisions with other
-    workspaces or other applications' keys are negligible."""
-    digest = hashlib.sha256(f"reconciler state {workspace}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _one_line(error: BaseException, secret: str | None) -> str:
-    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    if secret:
-        text = text.replace(secret, "***")
-    return text or type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,7 +140,9 @@ class PostgresBackend:
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self.lease_seconds = lease_seconds
-        self._key = lock_key(workspace)
+        self._lock = AdvisoryLock(workspace, now=self.now, host=self.host, pid=self.pid,
+                                  lease_seconds=lease_seconds, where=self.describe(),
+                                  secret=self._secret)
         self._schema_ready = False
 
     def describe(self) -> str:
@@ -180,7 +159,7 @@ class PostgresBackend:
             yield
         except psycopg.Error as error:
             raise StateError(f"{self.describe()}: cannot {doing}: "
-                             f"{_one_line(error, self._secret)}") from None
+                             f"{one_line(error, self._secret)}") from None
 
     def _connect(self) -> Connection:
         with self._errors("connect"):
@@ -336,7 +315,7 @@ class PostgresBackend:
         finally:
             held.release()
 
-    def _begin(self, held: _HeldLock, provenance: Provenance) -> _PostgresSession:
+    def _begin(self, held: HeldLock, provenance: Provenance) -> _PostgresSession:
         """Seal an interrupted session and open this one, in one transaction."""
         conn = held.conn
         session_id = str(uuid.uuid4())
@@ -427,11 +406,10 @@ class PostgresBackend:
                      "pending_actions = 0",
                      (self.workspace, snap.lineage, snap.serial, provenance, snap.summary))
 
-    # -- locking ------------------------------------------------------------------------------
+    # -- locking (reconciler.state.postgres_lock) ------------------------------------------
 
-    def _acquire(self, provenance: Provenance, timeout: float) -> _HeldLock:
-        """Take the workspace's advisory lock on a new connection, polling up to `timeout` s,
-        and write the lock row (replacing one a dead holder left)."""
+    def _acquire(self, provenance: Provenance, timeout: float) -> HeldLock:
+        """Take the workspace's lock on a new connection, which the session then writes on."""
         conn = self._connect()
         try:
             with self._errors("take the state lock"):
@@ -447,40 +425,10 @@ class PostgresBackend:
                 conn.execute("SET tcp_keepalives_idle TO 30")
                 conn.execute("SET tcp_keepalives_interval TO 10")
                 conn.execute("SET tcp_keepalives_count TO 3")
-                deadline = time.monotonic() + timeout
-                while not self._try_lock(conn):
-                    held = self._current_lock(conn)
-                    remaining = deadline - time.monotonic()
-                    if held is not None and remaining <= 0:
-                        raise LockHeld(*held)
-                    time.sleep(max(0.0, min(0.05, remaining)))
-                stamp = utc_iso(self.now())
-                info = LockInfo(str(uuid.uuid4()), provenance.operation, current_user(), self.host,
-                                self.pid, stamp, stamp, provenance.ci_job)
-                with conn.transaction():
-                    conn.execute("DELETE FROM reconciler_lock WHERE workspace = %s",
-                                 (self.workspace,))
-                    conn.execute(
-                        "INSERT INTO reconciler_lock (workspace, lock_id, operation, who, host, "
-                        "pid, ci_job, created, heartbeat, lease_seconds, backend_pid) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, pg_backend_pid())",
-                        (self.workspace, info.lock_id, info.operation, info.who, info.host,
-                         info.pid, info.ci_job, info.created, info.heartbeat,
-                         self.lease_seconds))
+                return self._lock.take(conn, provenance, timeout)
         except BaseException:
             conn.close()
             raise
-        return _HeldLock(self, conn, info)
-
-    def _try_lock(self, conn: Connection) -> bool:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
-        return bool(row and row[0])
-
-    def _holder_pid(self, conn: Connection) -> int | None:
-        """The server process (backend) holding the workspace's advisory lock, if any."""
-        unsigned = self._key & 0xFFFF_FFFF_FFFF_FFFF
-        row = conn.execute(HOLDER_PID, (unsigned >> 32, unsigned & 0xFFFF_FFFF)).fetchone()
-        return int(row[0]) if row else None
 
     def current_lock(self) -> tuple[LockInfo, str | None] | None:
         """The lock holder and why the lock is stale: its process is gone from this host, or
@@ -489,146 +437,15 @@ class PostgresBackend:
         with self._errors("read the state lock"), self._connect() as conn:
             if not self._ensure_schema(conn, create=False):
                 return None
-            return self._current_lock(conn)
-
-    def _current_lock(self, conn: Connection) -> tuple[LockInfo, str | None] | None:
-        holder = self._holder_pid(conn)
-        if holder is None:
-            return None
-        found = self._lock_row(conn)
-        if found is None or found[2] != holder:
-            # Held, but by a connection that has not written its row (yet): describe the
-            # server session; its age turns it stale after a lease like any other.
-            row = conn.execute("SELECT usename, coalesce(host(client_addr), 'local socket'), "
-                               "backend_start FROM pg_stat_activity WHERE pid = %s",
-                               (holder,)).fetchone()
-            who, where, since = "unknown", "unknown", utc_iso(self.now())
-            if row is not None and row[2] is not None:
-                who, where, since = str(row[0]), str(row[1]), utc_iso(row[2])
-            info = LockInfo(UNKNOWN_LOCK_ID, "unknown", who, where, 0, since, since)
-            return info, self._stale_reason(info, self.lease_seconds)
-        info, lease, _ = found
-        return info, self._stale_reason(info, lease)
-
-    def _lock_row(self, conn: Connection) -> tuple[LockInfo, float, int] | None:
-        row = conn.execute("SELECT lock_id, operation, who, host, pid, created, heartbeat, "
-                           "ci_job, lease_seconds, backend_pid FROM reconciler_lock "
-                           "WHERE workspace = %s", (self.workspace,)).fetchone()
-        if row is None:
-            return None
-        info = LockInfo(str(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4]),
-                        str(row[5]), str(row[6]), row[7])
-        return info, float(row[8]), int(row[9])
-
-    def _stale_reason(self, info: LockInfo, lease: float) -> str | None:
-        if info.host == self.host and info.pid > 0:
-            try:
-                os.kill(info.pid, 0)
-            except ProcessLookupError:
-                return f"process {info.pid} is not running on this host"
-            except PermissionError:
-                pass  # alive, owned by another user
-        try:
-            beat = datetime.fromisoformat(info.heartbeat)
-        except ValueError:
-            return f"its heartbeat {info.heartbeat!r} is not a time"
-        if beat.tzinfo is None:
-            beat = beat.replace(tzinfo=UTC)
-        age = (self.now() - beat).total_seconds()
-        if age > lease:
-            return f"no heartbeat for {age:.0f}s (lease {lease:g}s)"
-        return None
+            return self._lock.current(conn)
 
     def force_unlock(self, lock_id: str) -> LockInfo:
-        """Release the lock if `lock_id` names it; returns who held it.
-
-        The holder's database connection is ended (`pg_terminate_backend`), which frees the
-        advisory lock; a holder still running then fails at its next action, and what it had
-        recorded is sealed by the next writer. Ending another role's connection needs that role,
-        a superuser or membership in `pg_signal_backend`. A lock row left by a dead holder (the
-        advisory lock already free) is simply removed."""
+        """Release the lock if `lock_id` names it; returns who held it (see
+        `AdvisoryLock.force_unlock`)."""
         with self._errors("release the state lock"), self._connect() as conn:
             if not self._ensure_schema(conn, create=False):
                 raise StateError(f"{self.describe()}: the state is not locked")
-            holder = self._holder_pid(conn)
-            current = self._current_lock(conn)
-            found = self._lock_row(conn)
-            if current is not None:
-                info = current[0]
-            elif found is not None:
-                info = found[0]
-            else:
-                raise StateError(f"{self.describe()}: the state is not locked")
-            if info.lock_id != lock_id:
-                raise StateError(f"lock id does not match: held by {info.describe()}")
-            if holder is not None and current is not None:
-                self._terminate(conn, holder)
-            conn.execute("DELETE FROM reconciler_lock WHERE workspace = %s AND lock_id = %s",
-                         (self.workspace, lock_id))
-            return info
-
-    def _terminate(self, conn: Connection, holder: int) -> None:
-        try:
-            row = conn.execute("SELECT pg_terminate_backend(%s)", (holder,)).fetchone()
-        except psycopg.errors.InsufficientPrivilege as error:
-            raise StateError(f"{self.describe()}: cannot end the lock holder's connection "
-                             f"(server process {holder}): {_one_line(error, self._secret)}; "
-                             "it needs the holder's role, a superuser or pg_signal_backend"
-                             ) from None
-        if not row or not row[0]:
-            return  # already gone
-        deadline = time.monotonic() + TERMINATE_WAIT_SECONDS
-        while self._holder_pid(conn) == holder:
-            if time.monotonic() > deadline:
-                raise StateError(f"{self.describe()}: the lock holder's connection (server "
-                                 f"process {holder}) did not end within "
-                                 f"{TERMINATE_WAIT_SECONDS:g}s")
-            time.sleep(0.02)
-
-
-class _HeldLock:
-    """The advisory lock and the one connection holding it, shared by the session's writes and
-    a heartbeat thread that refreshes the lock row every lease/4.
-
-    psycopg serialises calls on a connection, but a transaction block spans several; `guard`
-    keeps every use (an action, a commit, a heartbeat) whole."""
-
-    def __init__(self, backend: PostgresBackend, conn: Connection, info: LockInfo) -> None:
-        self._backend = backend
-        self.conn = conn
-        self.info = info
-        self.guard = threading.Lock()
-        self._heartbeat = Heartbeat(backend.lease_seconds / 4, self._beat)
-        self._heartbeat.start()
-
-    def _beat(self) -> bool:
-        backend = self._backend
-        with self.guard:
-            if self._heartbeat.stopped:
-                return False
-            stamp = utc_iso(backend.now())
-            try:
-                cursor = self.conn.execute(
-                    "UPDATE reconciler_lock SET heartbeat = %s "
-                    "WHERE workspace = %s AND lock_id = %s",
-                    (stamp, backend.workspace, self.info.lock_id))
-            except psycopg.Error:
-                return False  # the connection is gone, and the lock with it
-            if cursor.rowcount == 0:
-                return False  # forced away: never touch the next holder's row
-            self.info = dataclasses.replace(self.info, heartbeat=stamp)
-            return True
-
-    def release(self) -> None:
-        """Stop the heartbeat, remove the lock row and the advisory lock, close the connection.
-        A connection already lost (killed, forced away) is not an error here."""
-        self._heartbeat.stop()
-        with self.guard:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.execute("DELETE FROM reconciler_lock WHERE workspace = %s AND "
-                                  "lock_id = %s", (self._backend.workspace, self.info.lock_id))
-                self.conn.execute("SELECT pg_advisory_unlock(%s)", (self._backend._key,))
-            self.conn.close()
+            return self._lock.force_unlock(conn, lock_id)
 
 
 class _PostgresSession:
@@ -640,7 +457,7 @@ class _PostgresSession:
     serial: int
     quick_puts = False  # every write is a round trip to the server
 
-    def __init__(self, backend: PostgresBackend, held: _HeldLock, session_id: str,
+    def __init__(self, backend: PostgresBackend, held: HeldLock, session_id: str,
                  serial: int, provenance: Provenance) -> None:
         self._backend = backend
         self._held = held
