@@ -227,14 +227,13 @@ def snapshot_bytes(snap: Snapshot,
     """The state file's content for `snap`: `pretty_json(snapshot_document(snap))`, with the
     records, nearly all of it, written by `_record_text`; or taken from `written`, the
     `record_texts` of records by key, where that is the text of the very record in `snap`."""
-    document = snapshot_document(snap, _Templated)
-    if written:
-        dispatches = document["dispatches"]
-        for key, record in snap.records.items():
-            known = written.get(key)
-            if known is not None and known[0] is record:
-                dispatches[str(key)] = _Templated(record, known[1], _RECORD_NEWLINE)
-    text = _plain_text(document)
+    def templated(record: Record) -> _Templated:
+        known = written.get(record.key) if written else None
+        if known is not None and known[0] is record:
+            return _Templated(record, known[1], _RECORD_NEWLINE)
+        return _Templated(record)
+
+    text = _plain_text(snapshot_document(snap, templated))
     return text if text is not None else pretty_json(snapshot_document(snap))
 
 
