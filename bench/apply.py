@@ -10,18 +10,20 @@ The design measured: coroutines on one event loop over reconciler.aiotransport's
 HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a worker moves on as
 soon as the API answered, its record (and its text in state.json) written on the loop. The
 package's bytecode is compiled first (see common.reconciler_command). Measured on this project's
-noisy 2-core machines, best of 5: p10 2.77-2.94 s (target 3.3-3.6: met); p50 0.79-1.01 s, met
-in 21 of 32 invocations (missed by 1-70 ms), where the thread-pool design took 2.3-2.8 s. Each run
-counts against the process start measured just before it: the machine runs the same code at
-two speeds, up to 2x apart, from one minute to the next. At 50 the run itself takes 0.46-0.50 s,
-1.15-1.25x its floor, in 20 rounds of 50 requests: each round loses about 2.5 ms, 0.3-0.4 ms
-before the emulator reads a request and 0.35 ms late in answering it, 1.0-1.3 ms before the
-client's loop reads the answer and 0.7-0.8 ms before the next request leaves (the loop is busy
-with the others' answers); and the first requests leave 25 ms after the run starts (a batch of
-intents made durable, 50 connections opened). A minimal asyncio client (raw bytes, 0.1 ms of
-CPU a request) gets 1.09-1.11x. The rest of the 0.6 s the target allows beyond process start
-goes to loading 1,000 schedules (0.05-0.09 s), sealing the state (0.016-0.02 s), and planning,
-locking and provenance (0.03 s).
+noisy 2-core machines, best of 5: at 10, 2.40-2.51 s (target 3.1-3.2: met); at 50, 0.65-0.78 s
+(target 0.74-0.83: met in all of 37 invocations, with process start at 0.14-0.23 s; at slower
+moments, start 0.25-0.5 s, 0.79-1.01 s, met in 21 of 32, missed by 1-70 ms), where the
+thread-pool design took 2.3-2.8 s. Each run counts against the process start measured just
+before it: the machine runs the same code at two speeds, up to 2x apart, from one minute to the
+next. At 50 the run itself takes 0.45-0.49 s, 1.13-1.22x its floor, in 20 rounds of 50
+requests: each round loses about 2.5 ms, 0.3-0.4 ms before the emulator reads a request and
+0.35 ms late in answering it, 1.0-1.3 ms before the client's loop reads the answer and 0.7-0.8 ms
+before the next request leaves (the loop is busy with the others' answers); and the first
+requests leave 15-19 ms after the run starts (the first batch of intents is durable after 5 ms,
+the 50 connections take 10 more). A minimal asyncio client (raw bytes, 0.1 ms of CPU a request)
+gets 1.09-1.11x. The rest of the 0.6 s the target allows beyond process start goes to loading
+1,000 schedules (0.03-0.05 s; 0.08-0.1 s at slow moments), sealing the state (7-20 ms), and
+planning, locking and provenance (10-30 ms).
 """
 
 from __future__ import annotations
