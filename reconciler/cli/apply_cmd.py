@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from reconciler import config, planfile, provenance
 from reconciler.apply import ActionResult, Applier, Progress, summarise
@@ -15,8 +16,6 @@ from reconciler.cli.plan_cmd import build_plan, render
 from reconciler.cli.state_cmd import add_lock_timeout
 from reconciler.cli.validate_cmd import load_or_report
 from reconciler.emulator import cli as emulator_cli
-from reconciler.plan import make_plan
-from reconciler.planfile import StalePlan
 from reconciler.render.text import summary_line
 from reconciler.state.backends import open_backend
 
@@ -78,48 +77,44 @@ def cmd_apply(ctx: Context) -> int:
     if desired is None:
         return EXIT_ERROR
     digest = planfile.desired_digest(desired.files)
+    saved = planfile.load(ctx.settings.base / Path(ctx.args.planfile)) if ctx.args.planfile \
+        else None
+    reporter = _Reporter(ctx, ctx.settings.base / ctx.args.report if ctx.args.report else None)
     backend = open_backend(ctx.settings)
-    if ctx.args.planfile:
-        plan = planfile.load(ctx.settings.base / Path(ctx.args.planfile))
-    elif ctx.args.refresh:
-        with open_api(ctx) as api:
-            plan, failures = build_plan(ctx, desired, api)
-        if failures:
-            ctx.console.error(f"{len(failures)} live dispatches could not be read; nothing was "
-                              "applied.")
-            return EXIT_ERROR
-    else:
-        plan, _ = build_plan(ctx, desired)
-    if not ctx.args.planfile:
-        # --quiet keeps the summary line: enough in CI logs where the plan was reviewed before.
-        shown = summary_line(plan) + "\n" if ctx.console.quiet else render(ctx, plan, "text")
-        ctx.console.print(shown, end="")
-    if not plan.has_changes:
-        if ctx.args.planfile:
-            ctx.console.print("No changes in the saved plan.")
-        return EXIT_OK
-    if not _confirm(ctx):
-        return EXIT_ERROR
-    parallelism = ctx.args.parallelism or ctx.settings.parallelism
     who = provenance.current("apply", ctx.environ, ctx.now(), ctx.settings.base)
-    with open_api(ctx) as api, backend.write_session(
+    # The lock before anything is planned or asked: nobody approves a plan only to meet a held
+    # lock, and no other run can change the state between the plan shown and its execution.
+    with reporter, contextlib.ExitStack() as api_scope, backend.write_session(
         who, lock_timeout=ctx.args.lock_timeout
     ) as session:
         current = backend.read()
-        if ctx.args.planfile:
-            planfile.check_fresh(plan, current, digest)
-        elif planfile.stale_reasons(plan, current, digest):
-            if not ctx.args.auto_approve or plan.refreshed:
-                raise StalePlan("another run changed the state while this plan was reviewed; "
-                                "nothing was applied. Run `reconciler apply` again.")
-            # Nobody reviewed the plan: plan again, under the lock, on what is recorded now.
-            plan = make_plan(desired.schedules, current, desired_digest=digest,
-                             created_at=plan.created_at)
-            ctx.console.info("The state changed since the plan was made; planned again: "
-                             + summary_line(plan))
-        reporter = _Reporter(ctx, ctx.settings.base / ctx.args.report if ctx.args.report
-                             else None)
-        applier = Applier(api, session, who, parallelism=parallelism, on_result=reporter)
+        api = None
+        if saved is not None:
+            planfile.check_fresh(saved, current, digest)
+            plan = saved
+        elif ctx.args.refresh:
+            api = api_scope.enter_context(open_api(ctx))
+            plan, failures = build_plan(ctx, desired, api, snapshot=current)
+            if failures:
+                ctx.console.error(f"{len(failures)} live dispatches could not be read; nothing "
+                                  "was applied.")
+                return EXIT_ERROR
+        else:
+            plan, _ = build_plan(ctx, desired, snapshot=current)
+        if saved is None:
+            # --quiet keeps the summary line: enough in CI logs where the plan was reviewed.
+            shown = summary_line(plan) + "\n" if ctx.console.quiet else render(ctx, plan, "text")
+            ctx.console.print(shown, end="")
+        if not plan.has_changes:
+            if saved is not None:
+                ctx.console.print("No changes in the saved plan.")
+            return EXIT_OK
+        if api is None:  # credentials and endpoint are checked before anyone is asked
+            api = api_scope.enter_context(open_api(ctx))
+        if not _confirm(ctx):
+            return EXIT_ERROR
+        applier = Applier(api, session, who, parallelism=ctx.args.parallelism
+                          or ctx.settings.parallelism, on_result=reporter)
         results = applier.run(plan.actions, set(current.intents))
         reporter.finish()
         summary = summarise(results)
@@ -141,7 +136,22 @@ class _Reporter:
         self.console = ctx.console
         self.live = ctx.console.interactive and not ctx.console.quiet
         self.shown = False
-        self.report = report.open("a", encoding="utf-8") if report is not None else None
+        self.report = None
+        if report is not None:
+            # Opened before the lock is taken: a report that cannot be written stops the run
+            # before anything is applied.
+            try:
+                self.report = report.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"--report {ctx.args.report}: cannot write "
+                                 f"({exc.strerror or exc})") from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.report is not None:
+            self.report.close()
 
     def __call__(self, result: ActionResult, progress: Progress) -> None:
         action = result.action
@@ -167,7 +177,7 @@ class _Reporter:
         if self.live and self.shown:
             self.console.err.write("\r\033[K")
         if self.report is not None:
-            self.report.close()
+            self.report.close()  # and with that, any error of its last write
 
 
 def report_line(result: ActionResult) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from reconciler.provenance import utc_iso
 from reconciler.refresh import ReadFailure, read_live
 from reconciler.render import markdown, text
 from reconciler.state.backends import open_backend
+from reconciler.state.base import Snapshot
 from reconciler.validate import DesiredState
 
 FORMATS = ("text", "json", "markdown")
@@ -53,14 +54,17 @@ def render(ctx: Context, plan: Plan, fmt: str) -> str:
 
 
 def build_plan(
-    ctx: Context, desired: DesiredState, api: DispatchApi | None = None
+    ctx: Context, desired: DesiredState, api: DispatchApi | None = None, *,
+    snapshot: Snapshot | None = None,
 ) -> tuple[Plan, list[ReadFailure]]:
-    """The plan; with `api`, refreshed with the live dispatch of every desired or recorded key.
+    """The plan against `snapshot` (else the state as read now); with `api`, refreshed with the
+    live dispatch of every desired or recorded key.
 
     Keys whose live dispatch could not be read are returned apart (and printed); they are
     planned from the recorded state alone.
     """
-    snapshot = open_backend(ctx.settings).read()
+    if snapshot is None:
+        snapshot = open_backend(ctx.settings).read()
     live = None
     failures: list[ReadFailure] = []
     if api is not None:
