@@ -23,8 +23,12 @@ from reconciler.model import (
     Spec,
 )
 from reconciler.state.base import Snapshot
+from reconciler.state.files import atomic_write
+from reconciler.userfiles import NotAFile, read_regular_file
 
 FORMAT_VERSION = 1
+MAX_PLAN_BYTES = 512 * 1024 * 1024
+"""A plan of 100,000 actions is about 100 MiB; anything far larger is not a plan file."""
 SUMMARY_ORDER = (
     ActionKind.CREATE,
     ActionKind.UPDATE,
@@ -100,14 +104,18 @@ def dumps(plan: Plan) -> str:
 
 
 def save(plan: Plan, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(plan), encoding="utf-8")
-    tmp.replace(path)
+    """Write the plan whole or not at all: a CI step that applies it never reads half a plan."""
+    try:
+        atomic_write(path, dumps(plan).encode("utf-8"))
+    except OSError as exc:
+        raise PlanFileError(f"{path}: cannot write the plan: {exc.strerror or exc}") from None
 
 
 def load(path: Path) -> Plan:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_PLAN_BYTES).decode("utf-8")
+    except NotAFile as exc:
+        raise PlanFileError(f"{path}: {exc}, not a plan file") from None
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read plan: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -169,9 +177,18 @@ def stale_reasons(plan: Plan, state: Snapshot, current_digest: str) -> list[str]
     Only keys the plan changes count: a change to an unrelated key leaves the plan fresh.
     """
     reasons: list[str] = []
-    if plan.lineage and state.lineage and plan.lineage != state.lineage:
-        reasons.append(f"the state lineage is {state.lineage}, the plan was made for "
-                       f"{plan.lineage} (a different state)")
+    # A lineage is fixed when a state is first written; a plan made for one state applied to
+    # another (a wrong path or workspace, even a new empty one) would split the records.
+    if plan.lineage != state.lineage:
+        if not state.lineage:
+            reasons.append(f"the plan was made for state lineage {plan.lineage}, but this state "
+                           "is empty (a different state: check the state path or workspace)")
+        elif not plan.lineage:
+            reasons.append(f"the plan was made before any state existed; the state has been "
+                           f"written since (lineage {state.lineage})")
+        else:
+            reasons.append(f"the state lineage is {state.lineage}, the plan was made for "
+                           f"{plan.lineage} (a different state)")
     if plan.desired_digest != current_digest:
         reasons.append("the desired files changed since the plan was made")
     for action in plan.changes:

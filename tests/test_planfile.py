@@ -94,6 +94,20 @@ def test_lineage_and_desired_files() -> None:
     ]
 
 
+def test_a_plan_for_a_state_is_stale_on_an_empty_one_and_the_other_way_round() -> None:
+    # Only creates: no key's version tells the states apart, the lineage must.
+    creates_only = make_plan([schedule("t1")], snapshot(), desired_digest="sha256:abc",
+                             created_at="2026-11-29T00:00:00Z")
+    made_on_state = replace(creates_only, lineage="lin-1")
+    empty = snapshot(lineage="", serial=0)
+    assert "this state is empty" in planfile.stale_reasons(made_on_state, empty, "sha256:abc")[0]
+    made_on_nothing = replace(creates_only, lineage="")
+    written = snapshot(lineage="lin-1", serial=1)
+    assert "before any state existed" in planfile.stale_reasons(made_on_nothing, written,
+                                                                 "sha256:abc")[0]
+    assert planfile.stale_reasons(made_on_nothing, empty, "sha256:abc") == []
+
+
 def test_desired_digest_depends_on_paths_and_content() -> None:
     a = planfile.desired_digest([SourceFile("a.yaml", "1"), SourceFile("b.yaml", "2")])
     b = planfile.desired_digest([SourceFile("b.yaml", "2"), SourceFile("a.yaml", "1")])
