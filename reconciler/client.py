@@ -37,7 +37,7 @@ from reconciler import __version__, compact_json
 from reconciler.aiotransport import async_for_endpoint
 from reconciler.auth import Auth
 from reconciler.desired import parse_start_datetime
-from reconciler.errorbody import clean, error_fields, short
+from reconciler.errorbody import clean, error_fields, redact, short
 from reconciler.model import DispatchKey, ReconcilerError, RemoteDispatch, Spec, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -412,6 +412,8 @@ def _checked_endpoint(text: str) -> str:
         raise ReconcilerError(f"invalid endpoint {short(text)}: expected https://HOST[:PORT]")
     if url.query or url.fragment:
         raise ReconcilerError(f"invalid endpoint {short(text)}: no query or fragment allowed")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ReconcilerError(f"invalid endpoint {short(text)}: the port must be 1-65535")
     if url.scheme == "http" and url.host not in LOOPBACK_HOSTS:
         raise ReconcilerError(f"invalid endpoint {short(text)}: https is required "
                               "(plain http only for 127.0.0.1, ::1 or localhost)")
@@ -492,7 +494,7 @@ def _redact(text: str, request: httpx.Request) -> str:
     for name in _SECRET_HEADERS:
         secret = request.headers.get(name)
         if secret:
-            text = text.replace(secret, "***")
+            text = redact(text, secret)
     return text
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from reconciler.model import Problem, ReconcilerError
-from reconciler.yamlsource import YamlDocument, load_yaml
+from reconciler.userfiles import NotAFile, read_regular_file
+from reconciler.yamlsource import MAX_FILE_BYTES, YamlDocument, load_yaml
 
 CONFIG_NAME = "reconciler.yaml"
 BACKENDS = ("local", "postgres")
@@ -77,7 +78,9 @@ def load_settings(
 
 def _apply_file(settings: Settings, path: Path, shown: str) -> Settings:
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_FILE_BYTES)
+    except NotAFile as exc:
+        raise ConfigError([Problem(shown, 0, 0, f"cannot read config: it {exc}")]) from None
     except OSError as exc:
         raise ConfigError([Problem(shown, 0, 0, f"cannot read config: {exc.strerror}")]) from None
     doc, problems = load_yaml(shown, raw)
@@ -150,6 +153,8 @@ def _state_from(
             problems.append(Problem.at(doc.locate(["state", name]),
                                        f"state.backend must be one of {', '.join(BACKENDS)}, "
                                        f"got {value!r}"))
+        elif name == "path" and (problem := state_path_problem(value)) is not None:
+            problems.append(Problem.at(doc.locate(["state", name]), f"state.path {problem}"))
         elif name == "dsn" and dsn_has_password(value):
             problems.append(Problem.at(doc.locate(["state", name]),
                                        "state.dsn must not contain a password; put it in "
@@ -157,6 +162,15 @@ def _state_from(
         else:
             values[name] = value
     return replace(current, **values)
+
+
+def state_path_problem(path: str) -> str | None:
+    """Why `path` cannot be the local state file: the journal, lock and history beside it are
+    named after its file name, which a path ending in a directory does not have."""
+    name = Path(path).name
+    if not name or name in (".", "..") or path.endswith(("/", os.sep)):
+        return f"must name a file, not a directory (got {path!r})"
+    return None
 
 
 _CONNINFO_PAIR = re.compile(r"\s*([^\s=]+)\s*=\s*(?:'(?:[^'\\]|\\.)*'|(?:[^\s\\]|\\.)*)", re.S)
@@ -223,6 +237,9 @@ def _apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settin
         raise ReconcilerError(
             f"RECONCILER_STATE_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}"
         )
+    if (path := state_values.get("path")) is not None and \
+            (problem := state_path_problem(path)) is not None:
+        raise ReconcilerError(f"RECONCILER_STATE_PATH {problem}")
     if state_values:
         values["state"] = replace(settings.state, **state_values)
     return replace(settings, **values)

@@ -49,3 +49,18 @@ def clean(value: object, limit: int) -> str | None:
 def short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+SHORT_SECRET = 8
+"""Below this length a secret is masked only where it stands alone: a one-letter test token
+masked everywhere turned every word with that letter into `***`, which garbled the message and
+gave the token away."""
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with every occurrence of `secret` replaced by `***`."""
+    if not secret:
+        return text
+    if len(secret) >= SHORT_SECRET:
+        return text.replace(secret, "***")
+    return re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)

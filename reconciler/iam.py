@@ -33,7 +33,7 @@ import httpx
 from reconciler import __version__
 from reconciler.auth import CredentialsError, TokenAuth, project_in
 from reconciler.client import endpoint_for, verifying_context
-from reconciler.errorbody import clean, error_fields, short
+from reconciler.errorbody import clean, error_fields, redact, short
 from reconciler.model import ReconcilerError
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class PasswordAuth:
 
     def _redact(self, text: str) -> str:
         """Server and library text may echo what was sent: never show the password."""
-        return text.replace(self._password, "***")
+        return redact(text, self._password)
 
 
 def password_from_env(environ: Mapping[str, str], *, iam_endpoint: str | None,

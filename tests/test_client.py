@@ -22,6 +22,7 @@ from reconciler.client import (
     OutcomeUnknown,
     endpoint_for,
 )
+from reconciler.errorbody import redact
 from reconciler.model import DispatchKey, ReconcilerError, Spec
 from tests.factories import Blocking
 
@@ -397,6 +398,20 @@ def test_token_never_appears_in_errors_reprs_or_logs(caplog: pytest.LogCaptureFi
     assert all(TOKEN not in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.parametrize(("text", "secret", "shown"), [
+    ("The throttling threshold has been reached", "t",
+     "The throttling threshold has been reached"),
+    ("bad token t (try again)", "t", "bad token *** (try again)"),
+    ("token=abc1;", "abc1", "token=***;"),
+    ("xabc1x abc1", "abc1", "xabc1x ***"),
+    ("prefix-a-long-secret-value-suffix", "a-long-secret-value", "prefix-***-suffix"),
+    ("nothing here", "", "nothing here"),
+])
+def test_redact_masks_short_secrets_only_where_they_stand_alone(text: str, secret: str,
+                                                                 shown: str) -> None:
+    assert redact(text, secret) == shown
+
+
 class RenewingAuth:
     """Like a password auth: a new token after the API refused the current one."""
 
@@ -507,6 +522,8 @@ def test_endpoint_for(endpoint: str | None, region: str | None, expected: str) -
     ("ftp://roma.example.com", None, "expected https"),
     ("roma.example.com", None, "invalid endpoint"),
     ("https://roma.example.com/?a=1", None, "no query"),
+    ("http://127.0.0.1:99999", None, "port must be 1-65535"),
+    ("https://roma.example.com:0", None, "port must be 1-65535"),
 ])
 def test_endpoint_for_refuses(endpoint: str | None, region: str | None, message: str) -> None:
     with pytest.raises(ReconcilerError, match=message):

@@ -157,6 +157,23 @@ def test_empty_task_id(http: httpx.Client) -> None:
     assert error_of(response) == (400, "FDI.3149", "The task ID is empty.")
 
 
+@pytest.mark.parametrize(("part", "name"), [("proj1", "project"), ("inst1", "instance"),
+                                            ("task1", "task")])
+def test_path_ids_longer_than_64_characters_are_refused(http: httpx.Client, emu: Emulator,
+                                                         part: str, name: str) -> None:
+    at_bound = PATH.replace(part, "p" * 64)
+    assert http.post(at_bound, json=CRON).status_code == 200
+    response = http.post(PATH.replace(part, "p" * 65), json=CRON)
+    assert error_of(response) == (400, "FDI.3002",
+                                  f"The {name} ID is longer than 64 characters.")
+    assert len(emu.dispatches()) == 1
+    created = http.post(PATH, json=CRON).json()
+    long_id = f"{PATH}/{'d' * 65}"
+    assert error_of(http.put(long_id, json=CRON)) == (
+        400, "FDI.3002", "The dispatch ID is longer than 64 characters.")
+    assert http.get(PATH).json() == created
+
+
 def test_one_dispatch_per_task(http: httpx.Client, emu: Emulator) -> None:
     first = http.post(PATH, json=CRON).json()
     assert error_of(http.post(PATH, json=PERIOD)) == (
@@ -1155,6 +1172,25 @@ def test_run_from_args_refuses_half_a_key_pair() -> None:
     add_arguments(parser)
     with pytest.raises(ReconcilerError, match="emulator: an AK needs its SK"):
         run_from_args(parser.parse_args(["--port", "0", "--ak", AK]), io.StringIO())
+
+
+@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "-1"], ["--port", "x"],
+                                  ["--latency-ms", "-5"], ["--latency-ms", "nan"],
+                                  ["--latency-ms", "inf"], ["--latency-ms", "soon"]])
+def test_out_of_range_options_are_usage_errors(argv: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert f"argument {argv[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [{"port": 70000}, {"latency_ms": -1.0},
+                                     {"latency_ms": float("nan")}])
+def test_emulator_refuses_out_of_range_settings(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="not in"):
+        Emulator(**options)
 
 
 def _reference_fields(head: bytes) -> dict[str, str] | tuple[Any, ...]:

@@ -153,7 +153,10 @@ def main(
         if not base.is_dir():
             raise UsageError(f"-C {args.directory}: not a directory")
         tty = hasattr(out, "isatty") and out.isatty()
-        color = not args.no_color and "NO_COLOR" not in env and tty
+        # no-color.org: NO_COLOR counts when set and not empty. A dumb terminal shows escape
+        # codes as text.
+        color = (not args.no_color and not env.get("NO_COLOR") and env.get("TERM") != "dumb"
+                 and tty)
         interactive = tty and hasattr(sys.stdin, "isatty") and sys.stdin.isatty()
         console = Console(out, err, color, args.quiet, args.verbose, interactive)
         settings = config.load_settings(base, args.config, env)

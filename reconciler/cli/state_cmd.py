@@ -37,9 +37,23 @@ examples:
 """
 
 
+MAX_LOCK_TIMEOUT = 24 * 3600.0
+"""A day: no CI job waits longer, and a bound keeps `1e308` from overflowing the lock's clock."""
+
+
 def add_lock_timeout(parser: Any) -> None:
-    parser.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--lock-timeout", type=_lock_timeout, default=0.0, metavar="SECONDS",
                         help="wait this long for another writer's lock (default 0: fail at once)")
+
+
+def _lock_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= value <= MAX_LOCK_TIMEOUT:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is not in 0..{MAX_LOCK_TIMEOUT:.0f} seconds")
+    return value
 
 
 def register(commands: Any) -> None:
@@ -158,7 +172,9 @@ def cmd_rm(ctx: Context) -> int:
     who = provenance.current("state rm", ctx.environ, ctx.now(), ctx.settings.base)
     with backend.write_session(who, lock_timeout=ctx.args.lock_timeout) as session:
         snapshot = backend.read()
-        records = [find_record(snapshot, text) for text in ctx.args.keys]
+        # One key named twice (by its name and its key, say) is removed once.
+        found = {(r := find_record(snapshot, text)).key: r for text in ctx.args.keys}
+        records = list(found.values())
         for record in records:
             session.remove(record.key)
         names = ", ".join(f"{r.name} ({r.key})" for r in records)
@@ -199,7 +215,8 @@ def cmd_lock(ctx: Context) -> int:
         ctx.console.print("No lock is held.")
         return EXIT_OK
     info, stale = current
-    ctx.console.print(info.describe().capitalize() + ".")
+    described = info.describe()  # not str.capitalize(): it lower-cases the rest (ids, times)
+    ctx.console.print(described[:1].upper() + described[1:] + ".")
     if stale:
         ctx.console.print(f"It looks stale: {stale}. If no run is in progress: "
                           f"reconciler force-unlock {info.lock_id}")

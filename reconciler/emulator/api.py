@@ -44,6 +44,7 @@ from reconciler.model import ReconcilerError
 log = logging.getLogger(__name__)
 
 INVALID = "FDI.3002"
+MAX_PATH_ID = 64
 TASK_ID_EMPTY = ("FDI.3149", "The task ID is empty.")
 TASK_NOT_IN_PROJECT = ("FDI.3180", "The task does not belong to the project.")
 # The real codes of these two are undocumented; each is one constant so it is easy to correct.
@@ -104,6 +105,10 @@ class Emulator:
         """`port` 0 picks a free port; rates are probabilities per request; `seed` makes the
         faults and dispatch ids repeatable. `token`, `ak`/`sk` and `iam_*` configure the
         gateway (see `reconciler.emulator.gateway`; ValueError when incomplete)."""
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is not in 0..65535")
+        if not 0.0 <= latency_ms <= 600_000.0:  # also refuses nan and inf
+            raise ValueError(f"latency {latency_ms} ms is not in 0..600000")
         self.host = host
         self.port = port
         self._latency = latency_ms / 1000
@@ -281,6 +286,10 @@ class Emulator:
             return _wrapped(TASK_ID_EMPTY[1], TASK_ID_EMPTY[0])
         if not project or not instance:
             return _wrapped(f"The {'project' if not project else 'instance'} ID is empty.")
+        for name, value in (("project", project), ("instance", instance), ("task", task),
+                            ("dispatch", dispatch_id or "-")):
+            if len(value) > MAX_PATH_ID:  # the documented bound of every path parameter
+                return _wrapped(f"The {name} ID is longer than {MAX_PATH_ID} characters.")
         with self._lock:
             if key in self._store.unknown_tasks:
                 return _flat(404, TASK_NOT_IN_PROJECT)

@@ -18,11 +18,31 @@ def _rate(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port in 0..65535")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0.0 <= value <= 600_000.0:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is not a latency in 0..600000 ms")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `reconciler emulator`."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8787, help="port (0: pick a free one)")
-    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
+    parser.add_argument("--port", type=_port, default=8787, help="port (0: pick a free one)")
+    parser.add_argument("--latency-ms", type=_milliseconds, default=0.0, metavar="N",
                         help="answer each dispatch request N ms after it arrived (default 0)")
     parser.add_argument("--data", metavar="FILE", help="persist dispatches in this JSON file")
     parser.add_argument("--token", help="accept only this X-Auth-Token (default: any non-empty)")

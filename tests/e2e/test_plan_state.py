@@ -119,7 +119,8 @@ def test_state_lock_and_force_unlock(project: Project) -> None:
     }
     (project.root / ".reconciler/state.lock").write_text(json.dumps(lock))
     shown = project.run("state", "lock")
-    assert "lock lock-1 held by ci on elsewhere (pid 1)" in shown.out.lower()
+    assert shown.out.startswith("Lock lock-1 held by ci on elsewhere (pid 1) since "
+                                "2026-11-29T00:00:00Z")
     assert "stale" in shown.out
     refused = project.run("state", "rm", "orders-nightly")
     assert refused.code == 1
@@ -127,7 +128,12 @@ def test_state_lock_and_force_unlock(project: Project) -> None:
     assert "force-unlock lock-1" in refused.err
     assert project.run("force-unlock", "wrong").code == 1
     assert project.run("force-unlock", "lock-1").code == 0
-    assert project.run("state", "rm", "orders-nightly").code == 0
+    key = json.loads(project.run("state", "show", "orders-nightly").out)["key"]
+    twice = project.run("state", "rm", "orders-nightly", key)  # one record named two ways
+    assert twice.code == 0, twice.err
+    assert twice.out.count("Removed orders-nightly") == 1
+    assert project.run("state", "history").out.splitlines()[-1].endswith(
+        f"forgot 1: orders-nightly ({key})")
 
 
 def test_now_is_not_needed_for_json(project: Project) -> None:

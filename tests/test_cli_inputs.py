@@ -1,0 +1,109 @@
+"""Bad values on the command line and in the environment: one clear line and exit 1, never an
+internal error, and nothing written."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from tests.conftest import REPO
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err, environ=env or {})
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "schedules", tmp_path / "project" / "schedules")
+    return tmp_path / "project"
+
+
+def assert_one_clear_line(code: int, err: str, *expected: str) -> None:
+    assert code == 1
+    assert "internal error" not in err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e308", "soon", "86401"])
+def test_lock_timeout_out_of_range(project: Path, value: str) -> None:
+    code, _, err = run("-C", str(project), "state", "rm", "x", "--lock-timeout", value)
+    assert_one_clear_line(code, err, "--lock-timeout")
+
+
+@pytest.mark.parametrize("target", ["missing-dir/p.plan", "."])
+def test_plan_out_where_it_cannot_be_written(project: Path, target: str) -> None:
+    before = sorted(p.name for p in project.iterdir())
+    code, _, err = run("-C", str(project), "plan", "--out", target)
+    assert_one_clear_line(code, err, "cannot write the plan")
+    assert sorted(p.name for p in project.iterdir()) == before  # no temp file left behind
+
+
+@pytest.mark.parametrize("target", ["missing-dir/r.jsonl", "."])
+def test_apply_report_where_it_cannot_be_written(project: Path, target: str) -> None:
+    code, _, err = run("-C", str(project), "apply", "--auto-approve", "--report", target,
+                       env={"RECONCILER_ENDPOINT": "http://127.0.0.1:9",
+                            "RECONCILER_TOKEN": "t0ken-long-enough"})
+    assert_one_clear_line(code, err, "--report", "cannot write")
+    assert not (project / ".reconciler").exists()  # stopped before the lock: nothing written
+
+
+@pytest.mark.parametrize("path", ["/", ".", "..", "state-dir/"])
+def test_state_path_that_names_no_file(project: Path, path: str) -> None:
+    code, _, err = run("-C", str(project), "plan", env={"RECONCILER_STATE_PATH": path})
+    assert_one_clear_line(code, err, "RECONCILER_STATE_PATH must name a file")
+    (project / "reconciler.yaml").write_text(f"state:\n  path: '{path}'\n")
+    code, _, err = run("-C", str(project), "plan")
+    assert_one_clear_line(code, err, "reconciler.yaml:2:9: state.path must name a file")
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:99999", "http://127.0.0.1:0"])
+def test_endpoint_port_out_of_range(project: Path, endpoint: str) -> None:
+    code, _, err = run("-C", str(project), "apply", "--auto-approve",
+                       env={"RECONCILER_ENDPOINT": endpoint, "RECONCILER_TOKEN": "t0ken-long"})
+    assert_one_clear_line(code, err, "port must be 1-65535")
+
+
+@pytest.mark.parametrize("argv", [["emulator", "--port", "99999"],
+                                  ["emulator", "--latency-ms", "-5"]])
+def test_emulator_options_out_of_range(argv: list[str]) -> None:
+    code, _, err = run(*argv)
+    assert_one_clear_line(code, err, argv[1])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["state", "diff", "/dev/zero"], "/dev/zero: is a device, a FIFO or a socket, not a state"),
+    (["apply", "/dev/zero"], "/dev/zero: is a device, a FIFO or a socket, not a plan file"),
+    (["--config", "/dev/zero", "plan"], "/dev/zero: cannot read config: it is a device"),
+    (["state", "diff", "."], ": is a directory, not a state file"),
+])
+def test_files_that_are_not_regular_files(project: Path, argv: list[str], message: str) -> None:
+    code, _, err = run("-C", str(project), *argv)
+    assert_one_clear_line(code, err, message)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("env", "coloured"), [
+    ({}, True),
+    ({"NO_COLOR": ""}, True),  # no-color.org: set and empty does not count
+    ({"NO_COLOR": "1"}, False),
+    ({"TERM": "dumb"}, False),
+    ({"TERM": "xterm-256color"}, True),
+])
+def test_colour_on_a_terminal(project: Path, env: dict[str, str], coloured: bool) -> None:
+    out = Terminal()
+    assert main(["-C", str(project), "plan"], stdout=out, stderr=io.StringIO(),
+                environ=env) == 0
+    assert ("\033[" in out.getvalue()) is coloured
