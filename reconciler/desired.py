@@ -34,7 +34,7 @@ class SourceFile:
 def find_files(paths: Iterable[str], base: Path) -> tuple[list[Path], list[str]]:
     """All YAML files below `paths` (files given directly are taken as they are), sorted.
 
-    Returns the files and the paths that do not exist.
+    Returns the files (and whatever else was named directly) and the paths that do not exist.
     """
     found: set[Path] = set()
     missing: list[str] = []
@@ -46,6 +46,8 @@ def find_files(paths: Iterable[str], base: Path) -> tuple[list[Path], list[str]]
             found.update(
                 p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()
             )
+        elif path.exists():  # named directly but not a file (a device, a FIFO): said on reading
+            found.add(path)
         else:
             missing.append(given)
     return sorted(found, key=lambda p: p.as_posix()), missing
@@ -58,11 +60,18 @@ def parse_start_datetime(value: object) -> int:
     """
     if isinstance(value, bool):
         raise ValueError("start_datetime must be a time, not a boolean")
+    if isinstance(value, float):
+        # JSON Schema counts 1796054400000.0 as an integer, so this is the check that says no.
+        raise ValueError(
+            f"start_datetime {value!r} is a decimal number; write epoch milliseconds as a whole "
+            "number without a decimal point, or an ISO-8601 time with an offset"
+        )
     if isinstance(value, int):
         millis = value
     elif isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        # ASCII only: str.isdigit() also accepts digits such as '²' that int() refuses.
+        if text.isascii() and text.isdigit():
             millis = int(text)
         else:
             try:

@@ -4,6 +4,9 @@ Each file goes through: safe YAML loading (yamlsource), the JSON Schema (the sin
 truth for shapes, ranges and keys), then the checks a schema cannot express: Quartz cron, time
 zones, ISO times, ids that come from defaults, and uniqueness across files. All problems of all
 files are collected; a schedule with any problem is left out of the result.
+
+"Never fires again" needs a clock: `now` is a parameter, so a test (or a replayed CI run) gets the
+same answer every time.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from datetime import UTC, datetime
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -24,45 +28,78 @@ if TYPE_CHECKING:
 from reconciler import cron, desired, schema
 from reconciler.desired import SourceFile
 from reconciler.model import DispatchKey, Location, Problem, Schedule
-from reconciler.yamlsource import YamlDocument, load_yaml
+from reconciler.userfiles import NotAFile, read_regular_file
+from reconciler.yamlsource import MAX_FILE_BYTES, YamlDocument, load_yaml
 
 
 @dataclass(frozen=True, slots=True)
 class DesiredState:
     """What the desired files ask for, and whatever is wrong with them."""
 
-    schedules: tuple[Schedule, ...]
+    schedules: tuple[Schedule, ...]  # only the valid ones
     files: tuple[SourceFile, ...]
     problems: tuple[Problem, ...]
+    # Schedule entries written in the files, valid or not: what a report of an invalid run
+    # counts, where `schedules` would say 0 for a file whose every entry has a mistake.
+    entries: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def load_desired(paths: Sequence[str], base: Path) -> DesiredState:
-    """Read, check and normalise every desired file below `paths` (relative to `base`)."""
+def load_desired(paths: Sequence[str], base: Path, *,
+                 now: datetime | None = None) -> DesiredState:
+    """Read, check and normalise every desired file below `paths` (relative to `base`).
+
+    `now` (aware; default the current time) decides which cron expressions never fire again.
+    """
+    moment = now if now is not None else datetime.now(UTC)
     files, missing = desired.find_files(paths, base)
     problems = [Problem(path, 0, 0, "no such file or directory") for path in missing]
-    schedules: list[Schedule] = []
+    entries: list[_Entry] = []
+    written = 0
     sources: list[SourceFile] = []
     for path in files:
         display = _display(path, base)
         try:
-            raw = path.read_bytes()
+            # One byte over the limit: load_yaml reports the size of a file just too large.
+            raw = read_regular_file(path, MAX_FILE_BYTES + 1)
+        except NotAFile as exc:
+            problems.append(Problem(display, 0, 0, f"cannot read: it {exc}"))
+            continue
         except OSError as exc:
             problems.append(Problem(display, 0, 0, f"cannot read: {exc.strerror}"))
             continue
         sources.append(SourceFile(display, hashlib.sha256(raw).hexdigest()))
-        file_schedules, file_problems = check_file(display, raw)
-        schedules.extend(file_schedules)
-        problems.extend(file_problems)
+        checked = _check_file(display, raw, moment)
+        entries.extend(checked.entries)
+        problems.extend(checked.problems)
+        written += checked.written
     if not files and not missing:
         shown = ", ".join(paths)
         problems.append(Problem(shown, 0, 0, "no *.yaml or *.yml files found"))
-    unique, duplicate_problems = _unique(schedules)
+    unique, duplicate_problems = _unique(entries)
     problems.extend(duplicate_problems)
-    return DesiredState(tuple(unique), tuple(sources), tuple(sorted(set(problems))))
+    return DesiredState(tuple(unique), tuple(sources), tuple(sorted(set(problems))), written)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One schedule entry: its name and task key where those fields are themselves valid (the
+    uniqueness checks need no more), and the schedule only if all of the entry is valid."""
+
+    location: Location
+    name: str | None
+    key: DispatchKey | None
+    schedule: Schedule | None
+
+
+@dataclass(frozen=True, slots=True)
+class _FileResult:
+    entries: list[_Entry]
+    problems: list[Problem]
+    written: int  # items of the file's `schedules` list
 
 
 def _display(path: Path, base: Path) -> str:
@@ -72,77 +109,155 @@ def _display(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def check_file(file: str, raw: bytes) -> tuple[list[Schedule], list[Problem]]:
+def check_file(file: str, raw: bytes, *,
+               now: datetime | None = None) -> tuple[list[Schedule], list[Problem]]:
+    """One file's valid schedules and problems (uniqueness across files is `load_desired`'s)."""
+    checked = _check_file(file, raw, now if now is not None else datetime.now(UTC))
+    schedules = [entry.schedule for entry in checked.entries if entry.schedule is not None]
+    return schedules, checked.problems
+
+
+def _check_file(file: str, raw: bytes, now: datetime) -> _FileResult:
     doc, problems = load_yaml(file, raw)
     if doc is None:
-        return [], problems
+        return _FileResult([], problems, 0)
     data = doc.data
     if not isinstance(data, dict):
         what = "empty" if data is None else f"a {_json_type(data)}"
         problems.append(Problem.at(doc.locate([]), f"the document is {what}; expected a mapping "
                                    "with 'version' and 'schedules'"))
-        return [], problems
+        return _FileResult([], problems, 0)
     bad_paths: set[tuple[str | int, ...]] = set()
     if not schema.is_valid(data):
+        # A value the loader refused (an unsupported tag, an oversized integer) was read as
+        # null: its problem is said, the schema's about that null would say it again.
+        refused = {(p.line, p.col) for p in problems}
         for error in schema.validator().iter_errors(data):
             for location, message in _explain(doc, error):
                 problem = Problem.at(location, message)
-                if problem not in problems:  # one form rule can fail on two keys at once
+                # (and one form rule can fail on two keys at once)
+                if problem not in problems and (problem.line, problem.col) not in refused:
                     problems.append(problem)
             bad_paths.add(tuple(error.absolute_path)[:3])
     defaults = data.get("defaults")
     if not isinstance(defaults, dict):
         defaults = {}
     defaults_flagged = {p[1] for p in bad_paths if p[:1] == ("defaults",) and len(p) >= 2}
-    entries = data.get("schedules")
-    schedules: list[Schedule] = []
-    if not isinstance(entries, list):
-        return schedules, problems
-    for index, entry in enumerate(entries):
+    defaults_problems = _check_defaults(doc, defaults, defaults_flagged)
+    problems.extend(defaults_problems)
+    # A schedule under a wrong default is wrong too (the problem is reported once, there).
+    defaults_ok = not defaults_problems and not any(p[:1] == ("defaults",) for p in bad_paths)
+    # Schema errors by entry index: the keys they flag (one mistake gives one message), and
+    # the entries with any error at all. Built once: a file can hold thousands of entries.
+    flagged_keys: dict[int, set[str | int]] = {}
+    for bad in bad_paths:
+        if len(bad) >= 2 and bad[0] == "schedules" and isinstance(bad[1], int):
+            keys = flagged_keys.setdefault(bad[1], set())
+            if len(bad) == 3:
+                keys.add(bad[2])
+    raw_entries = data.get("schedules")
+    if not isinstance(raw_entries, list):
+        return _FileResult([], problems, 0)
+    entries: list[_Entry] = []
+    for index, entry in enumerate(raw_entries):
         if not isinstance(entry, dict):
             continue
         path: list[str | int] = ["schedules", index]
-        schema_flagged = {p[2] for p in bad_paths if p[:2] == ("schedules", index) and len(p) == 3}
+        flagged = flagged_keys.get(index, set())
         written = desired.merged(entry, defaults)
-        entry_problems = _check_schedule(doc, path, entry, defaults, written=written,
-                                         schema_flagged=schema_flagged | defaults_flagged)
+        entry_problems = _check_schedule(doc, path, entry, written=written, flagged=flagged,
+                                         now=now)
         problems.extend(entry_problems)
-        if entry_problems or any(p[:2] == ("schedules", index) for p in bad_paths):
+        location = doc.locate(path)
+        if not entry_problems and index not in flagged_keys and defaults_ok:
+            key, spec = desired.normalise(written)
+            schedule = Schedule(entry["name"], key, spec, location)
+            entries.append(_Entry(location, schedule.name, key, schedule))
             continue
-        if any(p[:1] == ("defaults",) for p in bad_paths):
-            continue
-        key, spec = desired.normalise(written)
-        schedules.append(Schedule(entry["name"], key, spec, doc.locate(path)))
-    return schedules, problems
+        name = entry.get("name")
+        entries.append(_Entry(
+            location,
+            name if isinstance(name, str) and "name" not in flagged else None,
+            _valid_key(written, entry, flagged, defaults_flagged),
+            None,
+        ))
+    return _FileResult(entries, problems, len(raw_entries))
+
+
+# The values a schema cannot judge; checked the same way on a schedule and in defaults.
+_VALUE_CHECKED = ("cron_timezone", "start_datetime")
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a `cron_timezone` or `start_datetime` the schema let through."""
+    if name == "cron_timezone":
+        if isinstance(value, str) and not _known_zone(value):
+            hint = _did_you_mean(value, available_timezones())
+            return (f"unknown time zone {value!r}{hint}; use an IANA name such as "
+                    "Asia/Shanghai or Europe/Berlin")
+        return None
+    try:
+        desired.parse_start_datetime(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_defaults(doc: YamlDocument, defaults: dict[str, Any],
+                    flagged: set[str | int]) -> list[Problem]:
+    """Every value written in defaults is checked, whether or not a schedule uses it: the
+    schema already does so for the others, and a default is one edit away from being used."""
+    problems = []
+    for name in _VALUE_CHECKED:
+        if name in defaults and name not in flagged:
+            message = _value_problem(name, defaults[name])
+            if message:
+                problems.append(Problem.at(doc.locate(["defaults", name]), message))
+    return problems
+
+
+def _valid_key(written: dict[str, Any], entry: dict[str, Any], flagged: set[str | int],
+               defaults_flagged: set[str | int]) -> DispatchKey | None:
+    """The entry's task key if each of its parts is valid where it was written, else None."""
+    parts: list[str] = []
+    for name in ("project_id", "instance_id", "task_id"):
+        if name in entry:
+            bad = name in flagged
+        elif name in schema.known_keys("defaults"):
+            bad = name in defaults_flagged
+        else:
+            return None  # only in defaults, where the key is not allowed (reported there)
+        value = written.get(name)
+        if bad or not isinstance(value, str):
+            return None
+        parts.append(value)
+    return DispatchKey(*parts)
 
 
 def _check_schedule(
     doc: YamlDocument,
     path: list[str | int],
     entry: dict[str, Any],
-    defaults: dict[str, Any],
     *,
     written: dict[str, Any],
-    schema_flagged: set[str | int],
+    flagged: set[str | int],
+    now: datetime,
 ) -> list[Problem]:
     """The rules a schema cannot say, on one schedule (`written`: merged with its file's
-    defaults).
+    defaults, whose own values `_check_defaults` judges).
 
     Fields the schema already reported are skipped, so one mistake gives one message.
     """
     problems: list[Problem] = []
-    full = {k: v for k, v in written.items() if k not in schema_flagged} if schema_flagged \
-        else written
 
     def at(name: str, message: str) -> None:
-        where = [*path, name] if name in entry else (["defaults", name] if name in defaults
-                                                     else path)
+        where = [*path, name] if name in entry else path
         problems.append(Problem.at(doc.locate(where), message))
 
     for name in ("project_id", "instance_id"):
         if name not in written:
             at(name, f"{name} is required (on the schedule or in the file's defaults)")
-    text = full.get("cron")
+    text = entry.get("cron") if "cron" not in flagged else None
     if isinstance(text, str):
         try:
             expression = cron.parse(text)
@@ -155,23 +270,43 @@ def _check_schedule(
             reason = expression.never_fires_reason()
             if reason:
                 at("cron", f"cron {text!r} never fires: {reason}")
-    zone = full.get("cron_timezone")
-    if isinstance(zone, str) and not _known_zone(zone):
-        hint = _did_you_mean(zone, available_timezones())
-        at("cron_timezone", f"unknown time zone {zone!r}{hint}; use an IANA name such as "
-           "Asia/Shanghai or Europe/Berlin")
-    start = full.get("start_datetime")
-    if start is not None and isinstance(start, (str, int)):
-        try:
-            desired.parse_start_datetime(start)
-        except ValueError as exc:
-            at("start_datetime", str(exc))
+            else:
+                # UTC without a zone, as `plan` shows it; a wrong zone is reported on its own.
+                zone = written.get("cron_timezone", "UTC")
+                if isinstance(zone, str) and _known_zone(zone) \
+                        and not _fires_after(expression, zone, now):
+                    local = now.astimezone(ZoneInfo(zone))
+                    at("cron", f"cron {text!r} never fires again: no fire time after "
+                       f"{local:%Y-%m-%d %H:%M} {zone}")
+    for name in _VALUE_CHECKED:
+        # Any type the schema let through, floats included: normalise must never meet a
+        # value that was not checked here (1796054400000.0 is an integer to JSON Schema).
+        if name in entry and name not in flagged:
+            message = _value_problem(name, entry[name])
+            if message:
+                at(name, message)
     quartz = entry.get("use_quartz_cron")
     if isinstance(quartz, bool) and quartz != ("cron" in entry):
         form = "cron" if "cron" in entry else "period"
         at("use_quartz_cron", f"use_quartz_cron: {str(quartz).lower()} contradicts the {form} "
            "form; leave it out, it is derived")
     return problems
+
+
+def _fires_after(expression: cron.Cron, zone: str, now: datetime) -> bool:
+    """Whether `expression` (one that passed `never_fires_reason`) fires after `now` in `zone`."""
+    if expression.years is None and now.year + 30 <= cron.LAST_YEAR:
+        # The common case, answered without a search or even hashing the expression: without
+        # a year field it fires in every run of 28 consecutive years within 1901-2099.
+        return True
+    return _has_fire_time_after(expression, zone, now)
+
+
+@lru_cache(maxsize=4096)
+def _has_fire_time_after(expression: cron.Cron, zone: str, now: datetime) -> bool:
+    # Cached: the schedules of a repository share few (expression, zone) pairs, and one answer
+    # can scan every month up to 2099.
+    return bool(expression.next_fire_times(now, ZoneInfo(zone), 1))
 
 
 _ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")
@@ -189,30 +324,36 @@ def _known_zone(name: str) -> bool:
     return True
 
 
-def _unique(schedules: Iterable[Schedule]) -> tuple[list[Schedule], list[Problem]]:
-    """Names and task keys must be unique across all files; both places are named."""
-    by_name: dict[str, Schedule] = {}
-    by_key: dict[DispatchKey, Schedule] = {}
+def _unique(entries: Iterable[_Entry]) -> tuple[list[Schedule], list[Problem]]:
+    """Names and task keys must be unique across all files; both places are named.
+
+    Every entry whose name or key is valid takes part, also one with other problems, so that
+    one run reports all of them. The first entry to use a name or key keeps it.
+    """
+    by_name: dict[str, _Entry] = {}
+    by_key: dict[DispatchKey, _Entry] = {}
     unique: list[Schedule] = []
     problems: list[Problem] = []
-    for schedule in schedules:
-        first_name = by_name.get(schedule.name)
-        first_key = by_key.get(schedule.key)
-        if first_name is not None:
-            problems.append(Problem.at(
-                schedule.location,
-                f"duplicate name {schedule.name!r}: also at {first_name.location}",
-            ))
-        if first_key is not None:
-            problems.append(Problem.at(
-                schedule.location,
-                f"task {schedule.key} already has a schedule ({first_key.name!r} at "
-                f"{first_key.location}); the API keeps one schedule per task",
-            ))
-        if first_name is None and first_key is None:
-            by_name[schedule.name] = schedule
-            by_key[schedule.key] = schedule
-            unique.append(schedule)
+    for entry in entries:
+        duplicate = False
+        if entry.name is not None:
+            first = by_name.setdefault(entry.name, entry)
+            if first is not entry:
+                duplicate = True
+                problems.append(Problem.at(
+                    entry.location, f"duplicate name {entry.name!r}: also at {first.location}"))
+        if entry.key is not None:
+            first = by_key.setdefault(entry.key, entry)
+            if first is not entry:
+                duplicate = True
+                named = f"{first.name!r} at " if first.name is not None else "at "
+                problems.append(Problem.at(
+                    entry.location,
+                    f"task {entry.key} already has a schedule ({named}{first.location}); the API "
+                    "keeps one schedule per task",
+                ))
+        if entry.schedule is not None and not duplicate:
+            unique.append(entry.schedule)
     return unique, problems
 
 

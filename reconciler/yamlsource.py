@@ -49,7 +49,13 @@ ALIAS_EXPANSION_FACTOR = 10
 
 Pos = tuple[int, int]
 
+MAX_INT_CHARS = 64
+"""No value of a desired or config file needs more; Python refuses to turn an integer of over
+4,300 digits into text (in any error message about it), and a hexadecimal one it takes can have
+that many once converted."""
+
 _STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
 _SCALAR_CONSTRUCTORS = {
@@ -316,6 +322,10 @@ class _Builder:
         if tag in (_STR, _TIMESTAMP):
             # Timestamps stay as written: `desired` parses them and insists on an offset.
             return event.value, None
+        if tag == _INT and len(event.value) > MAX_INT_CHARS:
+            self.problem(_pos(event), f"an integer of {len(event.value)} characters is too "
+                         f"large (at most {MAX_INT_CHARS})")
+            return None, None
         construct = _SCALAR_CONSTRUCTORS.get(tag)
         if construct is not None:
             node = ScalarNode(tag, event.value, None, None, event.style)

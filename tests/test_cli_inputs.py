@@ -4,6 +4,7 @@ internal error, and nothing written."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_emulator_options_out_of_range(argv: list[str]) -> None:
     (["apply", "/dev/zero"], "/dev/zero: is a device, a FIFO or a socket, not a plan file"),
     (["--config", "/dev/zero", "plan"], "/dev/zero: cannot read config: it is a device"),
     (["state", "diff", "."], ": is a directory, not a state file"),
+    (["validate", "/dev/null"], "/dev/null: cannot read: it is a device, a FIFO or a socket"),
 ])
 def test_files_that_are_not_regular_files(project: Path, argv: list[str], message: str) -> None:
     code, _, err = run("-C", str(project), *argv)
@@ -107,3 +109,11 @@ def test_colour_on_a_terminal(project: Path, env: dict[str, str], coloured: bool
     assert main(["-C", str(project), "plan"], stdout=out, stderr=io.StringIO(),
                 environ=env) == 0
     assert ("\033[" in out.getvalue()) is coloured
+
+
+def test_validate_of_a_fifo_does_not_wait_for_a_writer(project: Path) -> None:
+    os.mkfifo(project / "schedules" / "pipe.yaml")  # a directory's walk takes only files
+    os.mkfifo(project / "named")
+    code, _, err = run("-C", str(project), "validate", "schedules", "named")
+    assert_one_clear_line(code, err, "named: cannot read: it is a device, a FIFO or a socket",
+                          "1 problem in 4 files.")  # the four bundled files were read

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import string
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.desired import MAX_START_MS, MIN_START_MS
 from reconciler.model import Problem
 from reconciler.validate import check_file
 
@@ -111,3 +113,58 @@ def test_fast_path_agrees_on_schedules(entries: list[dict[str, object]]) -> None
 
     document = {"version": 1, "schedules": entries}
     assert schema.is_valid(document) == schema.validator().is_valid(document)
+
+
+# Every shape YAML can give a number, at and around the API's ranges: whole-number floats pass
+# JSON Schema's "integer", so only the semantic checks stand between them and `normalise`.
+numberish = st.one_of(
+    st.booleans(), st.integers(), st.floats(),
+    st.integers(MIN_START_MS - 2, MAX_START_MS + 2),
+    st.integers(MIN_START_MS, MAX_START_MS).map(float),
+    st.integers(-1, 61), st.integers(-1, 61).map(float),
+    st.integers(MIN_START_MS, MAX_START_MS).map(str),
+    st.text(alphabet="0123456789²٣.+-:TZ ", max_size=30),
+)
+
+
+def check_numbers(field: str, value: object, in_defaults: bool) -> None:
+    """One period schedule, valid but for `field`: reported at a line, or normalised right."""
+    entry: dict[str, object] = {"name": "a", "task_id": "t", "period": "DAY",
+                                "dispatch_interval": 1}
+    defaults: dict[str, object] = {"project_id": "p", "instance_id": "i"}
+    (defaults if in_defaults else entry)[field] = value
+    document = {"version": 1, "defaults": defaults, "schedules": [entry]}
+    found, problems = check_file("f.yaml", yaml.safe_dump(document).encode())
+    assert all(problem.line > 0 for problem in problems)
+    if problems:
+        return
+    [schedule] = found
+    body = schedule.spec.body()
+    assert type(body["dispatch_interval"]) is int
+    assert 1 <= body["dispatch_interval"] <= 59
+    start = body.get("start_datetime")
+    assert start is None or (type(start) is int and MIN_START_MS <= start <= MAX_START_MS)
+
+
+@FAST
+@given(numberish, st.booleans())
+def test_start_datetime_numbers_are_reported_or_normalised(value: object,
+                                                            in_defaults: bool) -> None:
+    check_numbers("start_datetime", value, in_defaults)
+
+
+@FAST
+@given(numberish)
+def test_dispatch_interval_numbers_are_reported_or_normalised(value: object) -> None:
+    check_numbers("dispatch_interval", value, in_defaults=False)
+
+
+@pytest.mark.parametrize("number", ["9" * 5000, "0x" + "f" * 5000, "-" + "1" * 65])
+def test_huge_integers_are_reported(number: str) -> None:
+    # Python refuses to turn an integer of over 4,300 digits into text (jsonschema's messages
+    # do), and to read one from decimal digits.
+    raw = (f"version: 1\nschedules:\n  - {{name: a, project_id: p, instance_id: i, task_id: t, "
+           f"period: DAY, dispatch_interval: {number}}}\n").encode()
+    problems = check_file("f.yaml", raw)[1]
+    # Said once: not again by the schema, about the null it was read as.
+    assert [(p.line, p.col, "too large" in p.message) for p in problems] == [(3, 90, True)]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from reconciler import cron as cron_module
 from reconciler.model import DispatchKey
 from reconciler.validate import check_file, load_desired
 from tests.conftest import HEADER, dedent
@@ -260,3 +263,159 @@ def test_a_refused_mapping_does_not_lend_its_yaml_types_to_another() -> None:
                   "version: 1\n1.5: {task_id: 5}\nschedules:\n")
     [message] = [p for p in found if "task_id must be" in p]
     assert message.endswith("task_id must be a string, got list ['x']"), message
+
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+PERIOD_A = "  - name: a\n    task_id: t1\n    period: DAY\n    dispatch_interval: 1\n"
+
+
+def test_whole_number_float_start_is_a_located_problem_and_others_still_reported() -> None:
+    # JSON Schema counts 1796054400000.0 as an integer; it used to crash normalise.
+    found = sorted(check(PERIOD_A + "    start_datetime: 1796054400000.0\n"
+                         "  - name: b\n    task_id: t2\n    period: DAY\n"
+                         "    dispatch_interval: 99\n"))
+    assert found[0].startswith("f.yaml:10:21: start_datetime 1796054400000.0 is a decimal "
+                               "number"), found
+    assert found[1].startswith("f.yaml:14:24: dispatch_interval must be between 1 and 59")
+    assert len(found) == 2
+
+
+def test_whole_number_float_start_in_defaults_is_located_there() -> None:
+    header = HEADER.replace("schedules:", "  start_datetime: 1796054400000.0\nschedules:")
+    assert one(PERIOD_A, header).startswith("f.yaml:5:19: start_datetime 1796054400000.0 is a "
+                                            "decimal number")
+
+
+def test_non_ascii_digits_get_the_iso_message_not_int_s() -> None:
+    assert one(PERIOD_A + "    start_datetime: '²'\n").startswith(
+        "f.yaml:10:21: start_datetime '²' is not an ISO-8601 time")
+
+
+def test_duplicates_are_reported_also_for_entries_with_other_problems(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", HEADER + PERIOD_A + PERIOD_A.replace(": 1\n", ": 99\n"))
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    assert messages == [
+        "a.yaml:10:5: duplicate name 'a': also at a.yaml:6:5",
+        "a.yaml:10:5: task proj1/inst1/t1 already has a schedule ('a' at a.yaml:6:5); the API "
+        "keeps one schedule per task",
+        "a.yaml:13:24: dispatch_interval must be between 1 and 59, got 99",
+    ]
+
+
+def test_an_invalid_name_or_key_takes_no_part_in_duplicate_checks(tmp_path: Path) -> None:
+    # The second entry's name and task_id are wrong themselves: nothing to compare.
+    write(tmp_path / "a.yaml", HEADER + PERIOD_A + PERIOD_A.replace("name: a", "name: 'a '")
+          .replace("task_id: t1", "task_id: 't1/'"))
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    assert len(messages) == 2
+    assert not any("duplicate" in m or "already has" in m for m in messages), messages
+
+
+def test_a_key_from_an_invalid_default_takes_no_part_in_duplicate_checks(tmp_path: Path) -> None:
+    header = HEADER.replace("proj1", "'p 1'")
+    write(tmp_path / "a.yaml", header + PERIOD_A + PERIOD_A.replace("name: a", "name: b"))
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    assert len(messages) == 1
+    assert messages[0].startswith("a.yaml:3:15: project_id 'p 1' is not valid")
+
+
+def test_a_name_duplicate_still_claims_its_key(tmp_path: Path) -> None:
+    # b repeats a's name with a new task; c then repeats b's task: both found in one run.
+    write(tmp_path / "a.yaml", HEADER + PERIOD_A + PERIOD_A.replace("t1", "t2")
+          + PERIOD_A.replace("name: a", "name: c").replace("t1", "t2"))
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    assert messages == [
+        "a.yaml:10:5: duplicate name 'a': also at a.yaml:6:5",
+        "a.yaml:14:5: task proj1/inst1/t2 already has a schedule ('a' at a.yaml:10:5); the API "
+        "keeps one schedule per task",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "now", "expected"),
+    [
+        ("0 0 2 * * ? 2020", None, NOW,
+         "f.yaml:8:11: cron '0 0 2 * * ? 2020' never fires again: no fire time after "
+         "2026-06-01 12:00 UTC"),
+        ("0 0 2 * * ? 2020", None, datetime(2019, 1, 1, tzinfo=UTC), None),
+        ("0 0 2 * * ? 2020-2099", None, NOW, None),
+        ("0 0 2 1 1 ? 2027", None, datetime(2027, 1, 1, 1, tzinfo=UTC), None),
+        # 02:00 in Shanghai is 18:00 UTC the day before: already past at 01:00 UTC.
+        ("0 0 2 1 1 ? 2027", "Asia/Shanghai", datetime(2027, 1, 1, 1, tzinfo=UTC),
+         "f.yaml:8:11: cron '0 0 2 1 1 ? 2027' never fires again: no fire time after "
+         "2027-01-01 09:00 Asia/Shanghai"),
+        # A leap day late in the range: no year field, and still no fire time left.
+        ("0 0 0 29 2 ?", None, datetime(2096, 3, 1, tzinfo=UTC),
+         "f.yaml:8:11: cron '0 0 0 29 2 ?' never fires again"),
+        ("0 0 0 29 2 ?", None, datetime(2095, 3, 1, tzinfo=UTC), None),
+    ],
+)
+def test_cron_that_never_fires_again(cron: str, zone: str | None, now: datetime,
+                                     expected: str | None) -> None:
+    body = f"  - name: a\n    task_id: t1\n    cron: '{cron}'\n"
+    if zone:
+        body += f"    cron_timezone: {zone}\n"
+    found = [str(p) for p in check_file("f.yaml", (HEADER + body).encode(), now=now)[1]]
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1
+        assert found[0].startswith(expected), found
+
+
+def test_a_shared_cron_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    search = cron_module.Cron.next_fire_times
+
+    def counting(self: cron_module.Cron, *args: Any, **kwargs: Any) -> list[datetime]:
+        nonlocal calls
+        calls += 1
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(cron_module.Cron, "next_fire_times", counting)
+    body = "".join(f"  - name: n{i}\n    task_id: t{i}\n    cron: '0 0 2 * * ? 2020'\n"
+                   for i in range(1000))
+    found = check_file("f.yaml", (HEADER + body).encode(), now=datetime(2031, 1, 2, tzinfo=UTC))
+    assert len(found[1]) == 1000
+    assert calls <= 1
+
+
+def test_entries_count_every_schedule_written(tmp_path: Path) -> None:
+    body = "".join(f"  - name: n{i}\n    task_id: t{i}\n    cron: '0 0 99 * * ?'\n"
+                   for i in range(9))
+    write(tmp_path / "a.yaml", HEADER + body + "  - just text\n")
+    write(tmp_path / "b.yaml", HEADER + GOOD.replace("name: a", "name: z").replace("t1", "t9"))
+    state = load_desired(["."], tmp_path, now=NOW)
+    assert len(state.problems) == 10
+    assert state.entries == 11
+    assert len(state.schedules) == 1
+
+
+@pytest.mark.parametrize(
+    ("default", "expected"),
+    [
+        ("start_datetime: 2026-12-01T00:00:00",
+         "f.yaml:5:19: start_datetime '2026-12-01T00:00:00' has no UTC offset"),
+        ("cron_timezone: Mars/Base", "f.yaml:5:18: unknown time zone 'Mars/Base'"),
+        ("remark: " + "r" * 37, "f.yaml:5:11: remark is 37 characters"),
+    ],
+)
+def test_every_default_is_checked_even_if_no_schedule_uses_it(default: str,
+                                                              expected: str) -> None:
+    # Period schedules only (no cron: the zone reaches none), each with its own start and remark.
+    header = HEADER.replace("schedules:", f"  {default}\nschedules:")
+    body = PERIOD_A + "    start_datetime: 1796054400000\n    remark: own\n"
+    assert one(body, header).startswith(expected)
+
+
+def test_a_bad_default_zone_is_reported_once_not_per_schedule() -> None:
+    header = HEADER.replace("schedules:", "  cron_timezone: Mars/Base\nschedules:")
+    body = GOOD + GOOD.replace("name: a", "name: b").replace("t1", "t2")
+    assert one(body, header).startswith("f.yaml:5:18: unknown time zone 'Mars/Base'")
+
+
+def test_a_schedule_s_own_zone_is_checked_when_the_default_one_is_invalid() -> None:
+    header = HEADER.replace("schedules:", f"  cron_timezone: {'x' * 65}\nschedules:")
+    found = check(GOOD + "    cron_timezone: Mars/Base\n", header)
+    assert len(found) == 2
+    assert found[1].startswith("f.yaml:10:20: unknown time zone 'Mars/Base'"), found

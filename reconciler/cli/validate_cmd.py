@@ -32,10 +32,10 @@ def register(commands: Any) -> None:
 
 def load_or_report(ctx: Context, paths: tuple[str, ...] = ()) -> DesiredState | None:
     """Desired state for commands that go on to plan; problems are printed, None returned."""
-    state = load_desired(paths or ctx.settings.schedules, ctx.settings.base)
+    state = load_desired(paths or ctx.settings.schedules, ctx.settings.base, now=ctx.now())
     if state.problems:
         ctx.console.err.write(render_problems.text(state.problems))
-        ctx.console.error(render_problems.summary(len(state.files), len(state.schedules),
+        ctx.console.error(render_problems.summary(len(state.files), state.entries,
                                                   len(state.problems)))
         return None
     return state
@@ -43,19 +43,19 @@ def load_or_report(ctx: Context, paths: tuple[str, ...] = ()) -> DesiredState | 
 
 def cmd_validate(ctx: Context) -> int:
     paths = tuple(ctx.args.paths) or ctx.settings.schedules
-    state = load_desired(paths, ctx.settings.base)
+    state = load_desired(paths, ctx.settings.base, now=ctx.now())
     fmt = ctx.args.format
     problems = state.problems
     if fmt == "json":
         ctx.console.print(render_problems.as_json(problems, len(state.files),
-                                                  len(state.schedules)), end="")
+                                                  state.entries), end="")
     elif fmt == "github":
         ctx.console.print(render_problems.github(problems), end="")
     elif fmt == "sarif":
         ctx.console.print(render_problems.sarif(problems), end="")
     else:
         ctx.console.err.write(render_problems.text(problems))
-        line = render_problems.summary(len(state.files), len(state.schedules), len(problems))
+        line = render_problems.summary(len(state.files), state.entries, len(problems))
         if problems:
             ctx.console.error(line)
         elif not ctx.console.quiet:
