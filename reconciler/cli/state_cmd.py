@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from reconciler import audit, config, provenance
+from reconciler.argtypes import number_in
 from reconciler.cli.console import EXIT_OK, Context, Parser, UsageError
 from reconciler.model import DispatchKey
 from reconciler.render import diff as render_diff
@@ -39,21 +40,12 @@ examples:
 
 MAX_LOCK_TIMEOUT = 24 * 3600.0
 """A day: no CI job waits longer, and a bound keeps `1e308` from overflowing the lock's clock."""
+_LOCK_TIMEOUT = number_in(float, 0.0, MAX_LOCK_TIMEOUT, "a number of seconds", "s")
 
 
 def add_lock_timeout(parser: Any) -> None:
-    parser.add_argument("--lock-timeout", type=_lock_timeout, default=0.0, metavar="SECONDS",
+    parser.add_argument("--lock-timeout", type=_LOCK_TIMEOUT, default=0.0, metavar="SECONDS",
                         help="wait this long for another writer's lock (default 0: fail at once)")
-
-
-def _lock_timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.0 <= value <= MAX_LOCK_TIMEOUT:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text} is not in 0..{MAX_LOCK_TIMEOUT:.0f} seconds")
-    return value
 
 
 def register(commands: Any) -> None:

@@ -8,34 +8,12 @@ import threading
 from types import FrameType
 from typing import TextIO
 
+from reconciler.argtypes import number_in
 from reconciler.model import ReconcilerError
 
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port in 0..65535")
-    return value
-
-
-def _milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0.0 <= value <= 600_000.0:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text} is not a latency in 0..600000 ms")
-    return value
+_rate = number_in(float, 0.0, 1.0, "a probability")
+_port = number_in(int, 0, 65535, "a port number")
+_milliseconds = number_in(float, 0.0, 600_000.0, "a latency", "ms")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
