@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -306,7 +307,15 @@ def test_a_run_that_stops_clears_the_intents_of_creates_it_never_started(
 def test_a_failure_to_report_a_result_ends_the_run_instead_of_hanging(
         backend: LocalBackend) -> None:
     # As when stdout is a closed pipe (`reconciler apply | head -1`) or --report hits a full disk.
-    api = FakeApi()
+    class SlowApi(FakeApi):
+        # Answers that take a while, as real ones do: with instant ones every create could be
+        # done before the first result is reported (results wait for their record's write),
+        # on a busy machine, and the test would not show whether the workers stop.
+        async def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
+            await asyncio.sleep(0.01)
+            return await super().create(key, spec)
+
+    api = SlowApi()
     desired = [schedule(f"t{n:03d}") for n in range(30)]
     plan = make_plan(desired, backend.read(), desired_digest="d", created_at="now")
     reported: list[str] = []

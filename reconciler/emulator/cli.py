@@ -58,15 +58,17 @@ def run_from_args(args: argparse.Namespace, out: TextIO) -> int:
                             iam_domain=args.iam_domain, **ttl)
     except ValueError as exc:
         raise ReconcilerError(f"emulator: {exc}") from None
-    try:
-        url = emulator.start()
-    except OSError as exc:
-        raise ReconcilerError(f"emulator: cannot listen on {args.host}:{args.port}: "
-                              f"{exc.strerror or exc}") from None
-    print(f"emulator listening on {url} (Ctrl-C to stop)", file=out, flush=True)
+    # SIGTERM ends it as Ctrl-C does, saving --data. Set before the URL is printed: whoever
+    # read the URL may send it at once.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
+        try:
+            url = emulator.start()
+        except OSError as exc:
+            raise ReconcilerError(f"emulator: cannot listen on {args.host}:{args.port}: "
+                                  f"{exc.strerror or exc}") from None
+        print(f"emulator listening on {url} (Ctrl-C to stop)", file=out, flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
