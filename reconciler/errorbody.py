@@ -51,10 +51,10 @@ def short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-SHORT_SECRET = 8
-"""Below this length a secret is masked only where it stands alone: a one-letter test token
-masked everywhere turned every word with that letter into `***`, which garbled the message and
-gave the token away."""
+SHORT_SECRET = 4
+"""Below this length (no real token, key or password is that short) a secret is masked only
+where it stands alone: a one-letter test token masked everywhere turned every word with that
+letter into `***`, which garbled the message and gave the token away."""
 
 
 def redact(text: str, secret: str) -> str:

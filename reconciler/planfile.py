@@ -178,14 +178,13 @@ def stale_reasons(plan: Plan, state: Snapshot, current_digest: str) -> list[str]
     """
     reasons: list[str] = []
     # A lineage is fixed when a state is first written; a plan made for one state applied to
-    # another (a wrong path or workspace, even a new empty one) would split the records.
-    if plan.lineage != state.lineage:
+    # another (a wrong path or workspace, even a new empty one) would split the records. A plan
+    # made before any state existed cannot tell the state an apply of it began (one that failed
+    # to create anything, say) from another: the versions of its keys decide, below.
+    if plan.lineage and plan.lineage != state.lineage:
         if not state.lineage:
             reasons.append(f"the plan was made for state lineage {plan.lineage}, but this state "
                            "is empty (a different state: check the state path or workspace)")
-        elif not plan.lineage:
-            reasons.append(f"the plan was made before any state existed; the state has been "
-                           f"written since (lineage {state.lineage})")
         else:
             reasons.append(f"the state lineage is {state.lineage}, the plan was made for "
                            f"{plan.lineage} (a different state)")

@@ -132,12 +132,14 @@ def _check_file(file: str, raw: bytes, now: datetime) -> _FileResult:
         # A value the loader refused (an unsupported tag, an oversized integer) was read as
         # null: its problem is said, the schema's about that null would say it again.
         refused = {(p.line, p.col) for p in problems}
+        said = set(problems)  # a set: a file of thousands of bad entries has as many problems
         for error in schema.validator().iter_errors(data):
             for location, message in _explain(doc, error):
                 problem = Problem.at(location, message)
                 # (and one form rule can fail on two keys at once)
-                if problem not in problems and (problem.line, problem.col) not in refused:
+                if problem not in said and (problem.line, problem.col) not in refused:
                     problems.append(problem)
+                    said.add(problem)
             bad_paths.add(tuple(error.absolute_path)[:3])
     defaults = data.get("defaults")
     if not isinstance(defaults, dict):

@@ -165,6 +165,7 @@ class _Marker:
 _NO_KEY = _Marker("no key")
 _BAD_KEY = _Marker("bad key")
 _MERGE_KEY = _Marker("<<")
+_REFUSED = _Marker("refused")  # a scalar reported and not constructed; read as null
 
 
 def _implicit_resolvers() -> tuple[dict[str, tuple[Any, ...]], tuple[Any, ...]]:
@@ -325,7 +326,7 @@ class _Builder:
         if tag == _INT and len(event.value) > MAX_INT_CHARS:
             self.problem(_pos(event), f"an integer of {len(event.value)} characters is too "
                          f"large (at most {MAX_INT_CHARS})")
-            return None, None
+            return _REFUSED, None
         construct = _SCALAR_CONSTRUCTORS.get(tag)
         if construct is not None:
             node = ScalarNode(tag, event.value, None, None, event.style)
@@ -333,10 +334,14 @@ class _Builder:
         if tag == _MERGE:
             return _MERGE_KEY, None
         self.problem(_pos(event), f"unsupported YAML tag {tag!r}; only plain data is allowed")
-        return None, None
+        return _REFUSED, None
 
     def add(self, value: Any, pos: Pos, tag: str | None, text: str | None) -> None:
         """Place a finished value: as the root, a list item, a mapping key or a mapping value."""
+        if value is _REFUSED:
+            # Already reported: as a key it is left out, as a value it stands as null.
+            value = _BAD_KEY if self.stack and self.stack[-1].is_map \
+                and self.stack[-1].key is _NO_KEY else None
         if not self.stack:
             self.doc.data = value
             self.doc.root = pos
@@ -374,8 +379,8 @@ class _Builder:
                 self.doc.scalar_tags[(id(frame.container), key)] = tag
 
     def mapping_key(self, value: Any, pos: Pos, tag: str | None, text: str | None) -> Any:
-        if value is _MERGE_KEY:
-            return _MERGE_KEY
+        if value is _MERGE_KEY or value is _BAD_KEY:
+            return value
         if text is None:
             self.problem(pos, "mapping keys must be plain strings, not lists or mappings")
             return _BAD_KEY

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -261,3 +261,17 @@ def test_validate_json_counts_the_entries_written_also_when_invalid(bad_project:
     document = json.loads(out)
     assert document["files"] == 2
     assert document["schedules"] == 4  # one in bad.yaml, three in more.yaml
+
+
+def test_records_carry_the_time_they_were_applied_not_the_commands_start(
+        project: Path) -> None:
+    # Each call of the clock a minute later: the start, the plan, then the apply itself.
+    moments = (FIXED_NOW + timedelta(minutes=n) for n in range(1000))
+    code = main(["-C", str(project), "apply", "--auto-approve", "--emulator"],
+                stdout=io.StringIO(), stderr=io.StringIO(), environ={},
+                now=lambda: next(moments))
+    assert code == 0
+    state = json.loads((project / ".reconciler" / "state.json").read_text())
+    applied = {record["applied_at"] for record in state["dispatches"].values()}
+    assert len(applied) == 1
+    assert applied.pop() > "2026-11-29T12:01:00Z"  # after the start and the plan

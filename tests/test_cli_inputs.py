@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,13 @@ def test_colour_on_a_terminal(project: Path, env: dict[str, str], coloured: bool
 def test_validate_of_a_fifo_does_not_wait_for_a_writer(project: Path) -> None:
     os.mkfifo(project / "schedules" / "pipe.yaml")  # a directory's walk takes only files
     os.mkfifo(project / "named")
-    code, _, err = run("-C", str(project), "validate", "schedules", "named")
+    outcome: list[tuple[int, str, str]] = []
+    validating = threading.Thread(
+        target=lambda: outcome.append(run("-C", str(project), "validate", "schedules", "named")),
+        daemon=True)
+    validating.start()
+    validating.join(timeout=30)
+    assert not validating.is_alive(), "validate waited for a writer of the FIFO"
+    code, _, err = outcome[0]
     assert_one_clear_line(code, err, "named: cannot read: it is a device, a FIFO or a socket",
                           "1 problem in 4 files.")  # the four bundled files were read

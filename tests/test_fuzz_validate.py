@@ -168,3 +168,11 @@ def test_huge_integers_are_reported(number: str) -> None:
     problems = check_file("f.yaml", raw)[1]
     # Said once: not again by the schema, about the null it was read as.
     assert [(p.line, p.col, "too large" in p.message) for p in problems] == [(3, 90, True)]
+
+
+@pytest.mark.parametrize("key", ["9" * 70, "!!binary aGVsbG8=", "!!python/none x"])
+def test_a_refused_mapping_key_is_reported_once_and_left_out(key: str) -> None:
+    raw = ("version: 1\nschedules:\n  - name: a\n    project_id: p\n    instance_id: i\n"
+           f"    task_id: t\n    period: DAY\n    dispatch_interval: 1\n    {key}: 1\n").encode()
+    problems = check_file("f.yaml", raw)[1]
+    assert [(p.line, p.col) for p in problems] == [(9, 5)]

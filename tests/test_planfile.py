@@ -94,18 +94,25 @@ def test_lineage_and_desired_files() -> None:
     ]
 
 
-def test_a_plan_for_a_state_is_stale_on_an_empty_one_and_the_other_way_round() -> None:
+def test_a_plan_for_a_state_is_stale_on_an_empty_one() -> None:
     # Only creates: no key's version tells the states apart, the lineage must.
     creates_only = make_plan([schedule("t1")], snapshot(), desired_digest="sha256:abc",
                              created_at="2026-11-29T00:00:00Z")
     made_on_state = replace(creates_only, lineage="lin-1")
     empty = snapshot(lineage="", serial=0)
     assert "this state is empty" in planfile.stale_reasons(made_on_state, empty, "sha256:abc")[0]
-    made_on_nothing = replace(creates_only, lineage="")
-    written = snapshot(lineage="lin-1", serial=1)
-    assert "before any state existed" in planfile.stale_reasons(made_on_nothing, written,
-                                                                 "sha256:abc")[0]
-    assert planfile.stale_reasons(made_on_nothing, empty, "sha256:abc") == []
+
+
+def test_a_plan_made_before_any_state_is_judged_by_its_keys() -> None:
+    # An apply of it that created nothing (the API unreachable) still began a state: the plan
+    # may be applied again; not once one of its keys was recorded.
+    made_on_nothing = make_plan([schedule("t1")], snapshot(lineage="", serial=0),
+                                desired_digest="sha256:abc", created_at="2026-11-29T00:00:00Z")
+    assert made_on_nothing.lineage == ""
+    begun = snapshot(lineage="lin-9", serial=1)
+    assert planfile.stale_reasons(made_on_nothing, begun, "sha256:abc") == []
+    recorded = snapshot(record("t1"), lineage="lin-9", serial=2)
+    assert "t1" in planfile.stale_reasons(made_on_nothing, recorded, "sha256:abc")[0]
 
 
 def test_desired_digest_depends_on_paths_and_content() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -113,7 +114,10 @@ def cmd_apply(ctx: Context) -> int:
             api = api_scope.enter_context(open_api(ctx))
         if not _confirm(ctx):
             return EXIT_ERROR
-        applier = Applier(api, session, who, parallelism=ctx.args.parallelism
+        # Records say when they were applied: not when the command started, which a wait for
+        # the lock or for someone's 'yes' may have put minutes back.
+        applying = replace(who, time=provenance.utc_iso(ctx.now()))
+        applier = Applier(api, session, applying, parallelism=ctx.args.parallelism
                           or ctx.settings.parallelism, on_result=reporter)
         results = applier.run(plan.actions, set(current.intents))
         reporter.finish()

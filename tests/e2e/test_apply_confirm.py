@@ -116,3 +116,19 @@ def test_a_saved_plan_for_another_state_is_refused_even_when_that_state_is_empty
         assert "the saved plan is stale" in refused.err
         assert "this state is empty" in refused.err
         assert emu.calls() == calls
+
+
+def test_a_plan_made_before_any_state_can_be_applied_again_after_it_created_nothing(
+        project: Project) -> None:
+    saved = project.run("plan", "--out", "first.plan")
+    assert saved.code == 0, saved.err
+    unreachable = {"RECONCILER_ENDPOINT": "http://127.0.0.1:9", "RECONCILER_TOKEN": TOKEN}
+    failed = project.run("apply", "first.plan", env=unreachable, stdin="")
+    assert failed.code == 1
+    assert "0 failed" not in failed.err
+    with emulator() as emu:
+        env = {"RECONCILER_ENDPOINT": emu.url, "RECONCILER_TOKEN": TOKEN}
+        again = project.run("apply", "first.plan", env=env, stdin="")
+        assert again.code == 0, again.err
+        assert "Apply complete: 11 created, 0 failed." in again.out
+        assert sorted(emu.posts().values()) == [1] * 11
