@@ -5,8 +5,9 @@ truth for shapes, ranges and keys), then the checks a schema cannot express: Qua
 zones, ISO times, ids that come from defaults, and uniqueness across files. All problems of all
 files are collected; a schedule with any problem is left out of the result.
 
-"Never fires again" needs a clock: `now` is a parameter, so a test (or a replayed CI run) gets the
-same answer every time.
+Nothing here depends on the clock: the same files are valid or not on any day, so a commit that
+passed CI does not fail it later. (A cron whose year field has passed is valid; `plan` shows it
+never firing again.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -48,13 +48,8 @@ class DesiredState:
         return not self.problems
 
 
-def load_desired(paths: Sequence[str], base: Path, *,
-                 now: datetime | None = None) -> DesiredState:
-    """Read, check and normalise every desired file below `paths` (relative to `base`).
-
-    `now` (aware; default the current time) decides which cron expressions never fire again.
-    """
-    moment = now if now is not None else datetime.now(UTC)
+def load_desired(paths: Sequence[str], base: Path) -> DesiredState:
+    """Read, check and normalise every desired file below `paths` (relative to `base`)."""
     files, missing = desired.find_files(paths, base)
     problems = [Problem(path, 0, 0, "no such file or directory") for path in missing]
     entries: list[_Entry] = []
@@ -72,7 +67,7 @@ def load_desired(paths: Sequence[str], base: Path, *,
             problems.append(Problem(display, 0, 0, f"cannot read: {exc.strerror}"))
             continue
         sources.append(SourceFile(display, hashlib.sha256(raw).hexdigest()))
-        checked = _check_file(display, raw, moment)
+        checked = _check_file(display, raw)
         entries.extend(checked.entries)
         problems.extend(checked.problems)
         written += checked.written
@@ -109,15 +104,14 @@ def _display(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def check_file(file: str, raw: bytes, *,
-               now: datetime | None = None) -> tuple[list[Schedule], list[Problem]]:
+def check_file(file: str, raw: bytes) -> tuple[list[Schedule], list[Problem]]:
     """One file's valid schedules and problems (uniqueness across files is `load_desired`'s)."""
-    checked = _check_file(file, raw, now if now is not None else datetime.now(UTC))
+    checked = _check_file(file, raw)
     schedules = [entry.schedule for entry in checked.entries if entry.schedule is not None]
     return schedules, checked.problems
 
 
-def _check_file(file: str, raw: bytes, now: datetime) -> _FileResult:
+def _check_file(file: str, raw: bytes) -> _FileResult:
     doc, problems = load_yaml(file, raw)
     if doc is None:
         return _FileResult([], problems, 0)
@@ -167,8 +161,7 @@ def _check_file(file: str, raw: bytes, now: datetime) -> _FileResult:
         path: list[str | int] = ["schedules", index]
         flagged = flagged_keys.get(index, set())
         written = desired.merged(entry, defaults)
-        entry_problems = _check_schedule(doc, path, entry, written=written, flagged=flagged,
-                                         now=now)
+        entry_problems = _check_schedule(doc, path, entry, written=written, flagged=flagged)
         problems.extend(entry_problems)
         location = doc.locate(path)
         if not entry_problems and index not in flagged_keys and defaults_ok:
@@ -243,7 +236,6 @@ def _check_schedule(
     *,
     written: dict[str, Any],
     flagged: set[str | int],
-    now: datetime,
 ) -> list[Problem]:
     """The rules a schema cannot say, on one schedule (`written`: merged with its file's
     defaults, whose own values `_check_defaults` judges).
@@ -272,14 +264,6 @@ def _check_schedule(
             reason = expression.never_fires_reason()
             if reason:
                 at("cron", f"cron {text!r} never fires: {reason}")
-            else:
-                # UTC without a zone, as `plan` shows it; a wrong zone is reported on its own.
-                zone = written.get("cron_timezone", "UTC")
-                if isinstance(zone, str) and _known_zone(zone) \
-                        and not _fires_after(expression, zone, now):
-                    local = now.astimezone(ZoneInfo(zone))
-                    at("cron", f"cron {text!r} never fires again: no fire time after "
-                       f"{local:%Y-%m-%d %H:%M} {zone}")
     for name in _VALUE_CHECKED:
         # Any type the schema let through, floats included: normalise must never meet a
         # value that was not checked here (1796054400000.0 is an integer to JSON Schema).
@@ -293,22 +277,6 @@ def _check_schedule(
         at("use_quartz_cron", f"use_quartz_cron: {str(quartz).lower()} contradicts the {form} "
            "form; leave it out, it is derived")
     return problems
-
-
-def _fires_after(expression: cron.Cron, zone: str, now: datetime) -> bool:
-    """Whether `expression` (one that passed `never_fires_reason`) fires after `now` in `zone`."""
-    if expression.years is None and now.year + 30 <= cron.LAST_YEAR:
-        # The common case, answered without a search or even hashing the expression: without
-        # a year field it fires in every run of 28 consecutive years within 1901-2099.
-        return True
-    return _has_fire_time_after(expression, zone, now)
-
-
-@lru_cache(maxsize=4096)
-def _has_fire_time_after(expression: cron.Cron, zone: str, now: datetime) -> bool:
-    # Cached: the schedules of a repository share few (expression, zone) pairs, and one answer
-    # can scan every month up to 2099.
-    return bool(expression.next_fire_times(now, ZoneInfo(zone), 1))
 
 
 _ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*")

@@ -240,18 +240,6 @@ def test_the_command_line_leaves_heavy_libraries_to_the_commands_that_use_them()
     assert loaded.strip() == "[]"
 
 
-def test_validate_judges_never_fires_again_by_the_commands_clock(tmp_path: Path) -> None:
-    # FIXED_NOW is 2026-11-29: a cron of 1 January 2026 only has passed; of 2027, not yet.
-    (tmp_path / "schedules").mkdir()
-    path = tmp_path / "schedules" / "a.yaml"
-    path.write_text(HEADER + "  - name: a\n    task_id: t1\n    cron: '0 0 2 1 1 ? 2027'\n")
-    assert run("-C", str(tmp_path), "validate")[0] == 0
-    path.write_text(HEADER + "  - name: a\n    task_id: t1\n    cron: '0 0 2 1 1 ? 2026'\n")
-    code, _, err = run("-C", str(tmp_path), "validate")
-    assert code == 1
-    assert "schedules/a.yaml:8:11: cron '0 0 2 1 1 ? 2026' never fires again" in err
-
-
 def test_validate_json_counts_the_entries_written_also_when_invalid(bad_project: Path) -> None:
     (bad_project / "schedules" / "more.yaml").write_text(
         HEADER + "".join(f"  - name: m{n}\n    task_id: m{n}\n    period: DAY\n"

@@ -6,13 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler import cron
 from reconciler.cron import CronError, normalise, parse
 from reconciler.model import ReconcilerError
-from reconciler.validate import _fires_after
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -464,22 +463,3 @@ def test_next_fire_times_are_increasing_and_aware(expr: str, after: datetime, zo
     except CronError:
         return
     _check_fire_times(parsed, after, zone, count)
-
-
-@settings(max_examples=300)
-@given(STRUCTURED, st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2099, 12, 31),
-                                timezones=ZONES), ZONES)
-@example("0 0 0 29 2 ?", datetime(2069, 3, 1, tzinfo=UTC), ZoneInfo("UTC"))
-@example("0 0 0 29 2 ?", datetime(2097, 3, 1, tzinfo=UTC), ZoneInfo("UTC"))
-@example("0 0 0 ? 2 2#5", datetime(2069, 3, 1, tzinfo=UTC), SHANGHAI)
-def test_validate_s_never_fires_again_shortcut_agrees_with_the_search(
-        expr: str, now: datetime, zone: ZoneInfo) -> None:
-    # validate answers "fires after now?" without a search for most expressions (no year
-    # field, `now` far enough from 2099); the answer must be the search's.
-    try:
-        parsed = parse(expr)
-    except CronError:
-        return
-    if parsed.never_fires_reason() is not None:
-        return
-    assert _fires_after(parsed, zone.key, now) == bool(parsed.next_fire_times(now, zone, 1))

@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from reconciler import cron as cron_module
 from reconciler.model import DispatchKey
 from reconciler.validate import check_file, load_desired
 from tests.conftest import HEADER, dedent
@@ -265,7 +262,6 @@ def test_a_refused_mapping_does_not_lend_its_yaml_types_to_another() -> None:
     assert message.endswith("task_id must be a string, got list ['x']"), message
 
 
-NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 PERIOD_A = "  - name: a\n    task_id: t1\n    period: DAY\n    dispatch_interval: 1\n"
 
 
@@ -293,7 +289,7 @@ def test_non_ascii_digits_get_the_iso_message_not_int_s() -> None:
 
 def test_duplicates_are_reported_also_for_entries_with_other_problems(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", HEADER + PERIOD_A + PERIOD_A.replace(": 1\n", ": 99\n"))
-    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path).problems]
     assert messages == [
         "a.yaml:10:5: duplicate name 'a': also at a.yaml:6:5",
         "a.yaml:10:5: task proj1/inst1/t1 already has a schedule ('a' at a.yaml:6:5); the API "
@@ -306,7 +302,7 @@ def test_an_invalid_name_or_key_takes_no_part_in_duplicate_checks(tmp_path: Path
     # The second entry's name and task_id are wrong themselves: nothing to compare.
     write(tmp_path / "a.yaml", HEADER + PERIOD_A + PERIOD_A.replace("name: a", "name: 'a '")
           .replace("task_id: t1", "task_id: 't1/'"))
-    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path).problems]
     assert len(messages) == 2
     assert not any("duplicate" in m or "already has" in m for m in messages), messages
 
@@ -314,7 +310,7 @@ def test_an_invalid_name_or_key_takes_no_part_in_duplicate_checks(tmp_path: Path
 def test_a_key_from_an_invalid_default_takes_no_part_in_duplicate_checks(tmp_path: Path) -> None:
     header = HEADER.replace("proj1", "'p 1'")
     write(tmp_path / "a.yaml", header + PERIOD_A + PERIOD_A.replace("name: a", "name: b"))
-    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path).problems]
     assert len(messages) == 1
     assert messages[0].startswith("a.yaml:3:15: project_id 'p 1' is not valid")
 
@@ -323,7 +319,7 @@ def test_a_name_duplicate_still_claims_its_key(tmp_path: Path) -> None:
     # b repeats a's name with a new task; c then repeats b's task: both found in one run.
     write(tmp_path / "a.yaml", HEADER + PERIOD_A + PERIOD_A.replace("t1", "t2")
           + PERIOD_A.replace("name: a", "name: c").replace("t1", "t2"))
-    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path, now=NOW).problems]
+    messages = [str(p) for p in load_desired(["a.yaml"], tmp_path).problems]
     assert messages == [
         "a.yaml:10:5: duplicate name 'a': also at a.yaml:6:5",
         "a.yaml:14:5: task proj1/inst1/t2 already has a schedule ('a' at a.yaml:10:5); the API "
@@ -331,53 +327,12 @@ def test_a_name_duplicate_still_claims_its_key(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("cron", "zone", "now", "expected"),
-    [
-        ("0 0 2 * * ? 2020", None, NOW,
-         "f.yaml:8:11: cron '0 0 2 * * ? 2020' never fires again: no fire time after "
-         "2026-06-01 12:00 UTC"),
-        ("0 0 2 * * ? 2020", None, datetime(2019, 1, 1, tzinfo=UTC), None),
-        ("0 0 2 * * ? 2020-2099", None, NOW, None),
-        ("0 0 2 1 1 ? 2027", None, datetime(2027, 1, 1, 1, tzinfo=UTC), None),
-        # 02:00 in Shanghai is 18:00 UTC the day before: already past at 01:00 UTC.
-        ("0 0 2 1 1 ? 2027", "Asia/Shanghai", datetime(2027, 1, 1, 1, tzinfo=UTC),
-         "f.yaml:8:11: cron '0 0 2 1 1 ? 2027' never fires again: no fire time after "
-         "2027-01-01 09:00 Asia/Shanghai"),
-        # A leap day late in the range: no year field, and still no fire time left.
-        ("0 0 0 29 2 ?", None, datetime(2096, 3, 1, tzinfo=UTC),
-         "f.yaml:8:11: cron '0 0 0 29 2 ?' never fires again"),
-        ("0 0 0 29 2 ?", None, datetime(2095, 3, 1, tzinfo=UTC), None),
-    ],
-)
-def test_cron_that_never_fires_again(cron: str, zone: str | None, now: datetime,
-                                     expected: str | None) -> None:
+@pytest.mark.parametrize("cron", ["0 0 2 * * ? 2020", "0 0 2 1 1 ? 1970", "0 0 0 29 2 ? 2096"])
+def test_a_cron_whose_years_have_passed_is_valid(cron: str) -> None:
+    # Validity does not depend on the day it is checked: a commit that passed CI passes it
+    # later too. (`plan` shows such a schedule as never firing again.)
     body = f"  - name: a\n    task_id: t1\n    cron: '{cron}'\n"
-    if zone:
-        body += f"    cron_timezone: {zone}\n"
-    found = [str(p) for p in check_file("f.yaml", (HEADER + body).encode(), now=now)[1]]
-    if expected is None:
-        assert found == []
-    else:
-        assert len(found) == 1
-        assert found[0].startswith(expected), found
-
-
-def test_a_shared_cron_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = 0
-    search = cron_module.Cron.next_fire_times
-
-    def counting(self: cron_module.Cron, *args: Any, **kwargs: Any) -> list[datetime]:
-        nonlocal calls
-        calls += 1
-        return search(self, *args, **kwargs)
-
-    monkeypatch.setattr(cron_module.Cron, "next_fire_times", counting)
-    body = "".join(f"  - name: n{i}\n    task_id: t{i}\n    cron: '0 0 2 * * ? 2020'\n"
-                   for i in range(1000))
-    found = check_file("f.yaml", (HEADER + body).encode(), now=datetime(2031, 1, 2, tzinfo=UTC))
-    assert len(found[1]) == 1000
-    assert calls <= 1
+    assert check_file("f.yaml", (HEADER + body).encode())[1] == []
 
 
 def test_entries_count_every_schedule_written(tmp_path: Path) -> None:
@@ -385,7 +340,7 @@ def test_entries_count_every_schedule_written(tmp_path: Path) -> None:
                    for i in range(9))
     write(tmp_path / "a.yaml", HEADER + body + "  - just text\n")
     write(tmp_path / "b.yaml", HEADER + GOOD.replace("name: a", "name: z").replace("t1", "t9"))
-    state = load_desired(["."], tmp_path, now=NOW)
+    state = load_desired(["."], tmp_path)
     assert len(state.problems) == 10
     assert state.entries == 11
     assert len(state.schedules) == 1

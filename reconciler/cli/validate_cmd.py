@@ -32,7 +32,7 @@ def register(commands: Any) -> None:
 
 def load_or_report(ctx: Context, paths: tuple[str, ...] = ()) -> DesiredState | None:
     """Desired state for commands that go on to plan; problems are printed, None returned."""
-    state = load_desired(paths or ctx.settings.schedules, ctx.settings.base, now=ctx.now())
+    state = load_desired(paths or ctx.settings.schedules, ctx.settings.base)
     if state.problems:
         ctx.console.err.write(render_problems.text(state.problems))
         ctx.console.error(render_problems.summary(len(state.files), state.entries,
@@ -43,7 +43,7 @@ def load_or_report(ctx: Context, paths: tuple[str, ...] = ()) -> DesiredState | 
 
 def cmd_validate(ctx: Context) -> int:
     paths = tuple(ctx.args.paths) or ctx.settings.schedules
-    state = load_desired(paths, ctx.settings.base, now=ctx.now())
+    state = load_desired(paths, ctx.settings.base)
     fmt = ctx.args.format
     problems = state.problems
     if fmt == "json":
