@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 import httpx
 
+from reconciler.model import ReconcilerError
+
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
 # A chunk-size line with its extensions; real ones are a few bytes.
@@ -41,6 +43,7 @@ _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\t\x20-\x7e\x80-\xff]*)"
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
 
 _Origin = tuple[str, str, int]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 TlsContext = ssl.SSLContext | Callable[[], ssl.SSLContext]
 """A context, or what makes it on first use: loading the CA store takes about 50 ms, which a
 plain-http endpoint (the emulator) never needs."""
@@ -54,10 +57,30 @@ def async_for_endpoint(endpoint: str, ssl_context: TlsContext, connect_timeout: 
     """This module's transport, or httpx's own when the environment names a proxy for the
     endpoint's scheme that its host does not bypass (`HTTPS_PROXY`, `NO_PROXY`, ...)."""
     url = httpx.URL(endpoint)
-    proxies = urllib.request.getproxies()
-    if proxies.get(url.scheme) and not urllib.request.proxy_bypass(url.host):
-        return httpx.AsyncHTTPTransport(verify=_resolved(ssl_context), trust_env=True)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    # Never for loopback (the emulator): no proxy reaches this machine's loopback interface.
+    if proxy and url.host not in LOOPBACK_HOSTS and not urllib.request.proxy_bypass(url.host):
+        return _proxied(proxy, url.scheme, _resolved(ssl_context))
     return AsyncHttp1Transport(ssl_context, connect_timeout, read_timeout)
+
+
+def _proxied(proxy: str, scheme: str, context: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
+    """httpx's transport through the proxy a `<scheme>_proxy` variable names (given explicitly:
+    a transport, unlike a client, does not read the environment). `host:port` alone means
+    http, as curl and urllib read it. The value is never echoed: it may hold a password."""
+    try:
+        return httpx.AsyncHTTPTransport(
+            verify=context, proxy=httpx.Proxy(proxy if "://" in proxy else f"http://{proxy}"))
+    except ImportError:  # socks5:// without httpx's socks extra
+        reason = "SOCKS proxies need the socksio package (pip install 'httpx[socks]')"
+    except (ValueError, httpx.InvalidURL):
+        reason = "expected http://HOST:PORT, https://HOST:PORT or socks5://HOST:PORT"
+    raise ProxyError(f"the proxy in {scheme.upper()}_PROXY (or {scheme}_proxy) cannot be used: "
+                     f"{reason}")
+
+
+class ProxyError(ReconcilerError):
+    """The environment names a proxy this transport cannot use."""
 
 
 class AsyncHttp1Transport(httpx.AsyncBaseTransport):

@@ -34,7 +34,7 @@ from typing import Any, Self
 import httpx
 
 from reconciler import __version__, compact_json
-from reconciler.aiotransport import async_for_endpoint
+from reconciler.aiotransport import LOOPBACK_HOSTS, async_for_endpoint
 from reconciler.auth import Auth
 from reconciler.desired import parse_start_datetime
 from reconciler.errorbody import clean, error_fields, redact, short
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
 TASK_NOT_IN_PROJECT = "FDI.3180"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _REGION = re.compile(r"[a-z0-9-]+")
 _SECRET_HEADERS = ("x-auth-token", "authorization")
 _DEFAULT_HEADERS = ((b"Accept", b"application/json"),

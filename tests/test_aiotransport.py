@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from reconciler.aiotransport import (
     MAX_HEAD,
     AsyncHttp1Transport,
+    ProxyError,
     ResponseParser,
     async_for_endpoint,
 )
@@ -637,6 +638,57 @@ def test_proxy_from_environment_uses_httpx_transport(monkeypatch: pytest.MonkeyP
     assert isinstance(async_for_endpoint(endpoint, CONTEXT, 1, 1), httpx.AsyncHTTPTransport)
     monkeypatch.setenv("NO_PROXY", ".myhuaweicloud.com")
     assert isinstance(async_for_endpoint(endpoint, CONTEXT, 1, 1), AsyncHttp1Transport)
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The proxy here answers itself (a forward proxy would pass the request on): what matters
+    # is that the request reached it, in the absolute form a proxy is sent.
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await read_request(reader)) is not None:
+            seen.append(request[0].split(b"\r\n")[0])
+            writer.write(OK)
+            await writer.drain()
+
+    async def main() -> None:
+        async with Server(proxy) as server:
+            monkeypatch.setenv("HTTP_PROXY", server.url.removeprefix("http://"))  # host:port
+            # Not reachable directly: only through the proxy.
+            transport = async_for_endpoint("http://api.invalid:8080", CONTEXT, 2, 2)
+            assert isinstance(transport, httpx.AsyncHTTPTransport)
+            async with httpx.AsyncClient(transport=transport) as client:
+                response = await client.get("http://api.invalid:8080/v2/x")
+            assert response.content == b"{}"
+    run(main())
+    assert seen == [b"GET http://api.invalid:8080/v2/x HTTP/1.1"]
+
+
+def test_loopback_never_goes_through_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    for host in ("127.0.0.1", "localhost", "[::1]"):
+        transport = async_for_endpoint(f"http://{host}:8787", CONTEXT, 1, 1)
+        assert isinstance(transport, AsyncHttp1Transport), host
+
+
+@pytest.mark.parametrize(("proxy", "message"), [
+    ("ftp://user:hunter2@proxy:21", "expected http://HOST:PORT"),
+    ("socks5://user:hunter2@proxy:1080", "SOCKS proxies need the socksio package"),
+])
+def test_an_unusable_proxy_is_one_clear_error_without_its_password(
+        monkeypatch: pytest.MonkeyPatch, proxy: str, message: str) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(ProxyError, match=message) as caught:
+        async_for_endpoint("https://roma.cn-north-4.myhuaweicloud.com", CONTEXT, 1, 1)
+    assert "hunter2" not in str(caught.value)
+    assert "HTTPS_PROXY" in str(caught.value)
 
 
 # The parser alone: split anywhere, the result is the same; garbage is a protocol error.
