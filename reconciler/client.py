@@ -329,8 +329,10 @@ class DispatchClient:
                        f"(instance {key.instance_id}): {message}")
         elif cls is OutcomeUnknown:
             message += "; the dispatch may or may not have been created"
+        # The code and request id too: a server may build them from what it was sent.
         return cls(_redact(message, response.request), method=method, key=key, status=status,
-                   code=code, request_id=request_id)
+                   code=_redact_optional(code, response.request),
+                   request_id=_redact_optional(request_id, response.request))
 
     def _bad_response(self, response: httpx.Response, method: str, key: DispatchKey,
                       problem: str, cls: type[ApiError]) -> ApiError:
@@ -339,7 +341,8 @@ class DispatchClient:
             message += "; the dispatch may or may not have been created"
         return cls(_redact(message, response.request), method=method, key=key,
                    status=response.status_code,
-                   request_id=clean(response.headers.get("X-Request-Id"), 64))
+                   request_id=_redact_optional(clean(response.headers.get("X-Request-Id"), 64),
+                                               response.request))
 
 
 def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:
@@ -488,13 +491,24 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return obj
 
 
+_ACCESS_KEY = re.compile(r"\bAccess=([^,\s]+)")
+
+
 def _redact(text: str, request: httpx.Request) -> str:
-    """Remove secret header values from text built from server or library output."""
+    """Remove what the request carried of the credentials from text built from server or
+    library output: the secret headers' values, and the access key inside an AK/SK signature
+    (a server may echo it alone)."""
     for name in _SECRET_HEADERS:
         secret = request.headers.get(name)
         if secret:
             text = redact(text, secret)
+            if (access := _ACCESS_KEY.search(secret)) is not None:
+                text = redact(text, access.group(1))
     return text
+
+
+def _redact_optional(text: str | None, request: httpx.Request) -> str | None:
+    return None if text is None else _redact(text, request)
 
 
 def _describe(exc: Exception, request: httpx.Request) -> str:

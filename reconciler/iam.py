@@ -271,7 +271,7 @@ class PasswordAuth:
         return _Token(value.strip(), asked_at + lifetime - min(REFRESH_MARGIN, lifetime / 2))
 
     def _bad_answer(self, response: httpx.Response, project_id: str, problem: str) -> IamError:
-        request_id = clean(response.headers.get("X-Request-Id"), 64)
+        request_id = self._redact_optional(clean(response.headers.get("X-Request-Id"), 64))
         text = (f"IAM answered HTTP {response.status_code} to the token request for project "
                 f"{project_id}, but {problem}")
         return IamError(text + (f" (request id {request_id})" if request_id else ""),
@@ -280,6 +280,8 @@ class PasswordAuth:
     def _refused(self, response: httpx.Response, project_id: str) -> IamError:
         status = response.status_code
         code, message, request_id = error_fields(response)
+        # All of it: a server may build its code and request id from what it was sent.
+        code, request_id = self._redact_optional(code), self._redact_optional(request_id)
         head = " ".join(part for part in (f"HTTP {status}", code or "") if part)
         text = f"IAM refused a token for project {project_id}: {head}: {self._redact(message)}"
         if request_id:
@@ -298,6 +300,9 @@ class PasswordAuth:
     def _redact(self, text: str) -> str:
         """Server and library text may echo what was sent: never show the password."""
         return redact(text, self._password)
+
+    def _redact_optional(self, text: str | None) -> str | None:
+        return None if text is None else self._redact(text)
 
 
 def password_from_env(environ: Mapping[str, str], *, iam_endpoint: str | None,

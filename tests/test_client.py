@@ -24,6 +24,7 @@ from reconciler.client import (
 )
 from reconciler.errorbody import redact
 from reconciler.model import DispatchKey, ReconcilerError, Spec
+from reconciler.signer import AkSkAuth
 from tests.factories import Blocking
 
 TOKEN = "MIIZ-secret-token_value+/="
@@ -396,6 +397,27 @@ def test_token_never_appears_in_errors_reprs_or_logs(caplog: pytest.LogCaptureFi
     assert TOKEN not in repr(TokenAuth(TOKEN))
     assert caplog.records, "retries should have been logged"
     assert all(TOKEN not in record.getMessage() for record in caplog.records)
+
+
+def test_credentials_echoed_inside_codes_request_ids_and_messages_are_masked() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        sent = request.headers.get("X-Auth-Token") or request.headers["Authorization"]
+        access = sent.partition("Access=")[2].partition(",")[0] or sent
+        return httpx.Response(403, json={"error_code": f"E.{access}", "error_msg":
+                                         f"key {access} refused", "request_id": f"rid-{access}"},
+                              headers={"X-Request-Id": f"x-{access}"})
+
+    ak, sk = "AKIDEXAMPLE1234567", "SK" * 20
+    for auth, secret in ((TokenAuth(TOKEN), TOKEN), (AkSkAuth(ak, sk, project_id="p"), ak)):
+        client = Blocking(DispatchClient("https://roma.example.com", auth,
+                                         transport=httpx.MockTransport(echo)))
+        with pytest.raises(ApiError) as caught:
+            client.create(KEY, CRON)
+        error = caught.value
+        for text in (str(error), repr(error), error.message, error.code or "",
+                     error.request_id or ""):
+            assert secret[:8] not in text, text
+        assert "rid-***" in str(error)
 
 
 @pytest.mark.parametrize(("text", "secret", "shown"), [
