@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +38,17 @@ REFUSED_AS_EXISTING = (400, 409)
 
 MAX_RESOLVE_ROUNDS = 3
 """How many times an unknown create outcome is resolved (GET, then POST if nothing) in one run."""
+
+RESEND_BACKOFF = 0.5
+"""Seconds before the first re-sent create, doubled for each next one (times a jitter of
+0.5-1), unless the API's Retry-After asks for longer."""
+MAX_RESEND_DELAY = 60.0
+
+
+def resend_delay(attempt: int, retry_after: float | None, jitter: float) -> float:
+    """Seconds to wait before the `attempt`-th sending (1: the first re-sent) of a create."""
+    backoff: float = RESEND_BACKOFF * 2 ** (attempt - 1) * (0.5 + jitter / 2)
+    return min(MAX_RESEND_DELAY, max(backoff, retry_after or 0.0))
 
 
 class DispatchApi(AbstractAsyncContextManager["DispatchApi"], Protocol):
@@ -93,6 +105,8 @@ class Applier:
         parallelism: int = 10,
         on_result: Callable[[ActionResult, Progress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.api = api
         self.session = session
@@ -100,6 +114,8 @@ class Applier:
         self.parallelism = max(1, parallelism)
         self.on_result = on_result
         self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
         self._recorder: Recorder  # the running apply's, set by _run
         # Intent ids: unique per run, then a sequence (one random draw, not one per intent).
         self._run_id = secrets.token_hex(8)
@@ -244,18 +260,26 @@ class Applier:
             live = await self._show(key, trace)
             if live is not None:
                 return await self._adopt(action, live, desired, trace)
+        unknown: OutcomeUnknown | None = None
         for attempt in range(MAX_RESOLVE_ROUNDS):
-            if attempt == 0:
+            if unknown is None:
                 await self._intents.ready(action)
             else:
+                # As for any retry: not at once, and not before the API said it could take one.
+                await self.sleep(resend_delay(attempt, unknown.retry_after, self.rand()))
                 await self._recorder.intend(self._intent(action))
             try:
                 trace.calls.append("POST")
                 created = await self.api.create(key, desired)
-            except OutcomeUnknown:
-                live = await self._show(key, trace)
+            except OutcomeUnknown as exc:
+                unknown = exc
+                live = await self._resolve(key, exc, trace)
                 if live is not None:
                     return await self._adopt(action, live, desired, trace)
+                if exc.created:  # it exists, though a GET does not show it yet: never again
+                    raise OutcomeUnknown(f"{exc.message}; a GET of the task then found no "
+                                         "dispatch", method="POST", key=key, status=exc.status,
+                                         code=exc.code, request_id=exc.request_id) from None
                 continue  # nothing was created: the POST is sent again, under a new intent
             except ReconcilerError as exc:
                 if isinstance(exc, ApiError) and exc.status in REFUSED_AS_EXISTING:
@@ -271,10 +295,24 @@ class Applier:
                 raise
             self._record(action, created, trace, desired)
             return ActionResult(action, True, "created", created.dispatch_id)
+        assert unknown is not None
+        # With the API's last answer: its status, code, message and request id.
         raise OutcomeUnknown(
-            f"the create's outcome stayed unknown after {MAX_RESOLVE_ROUNDS} attempts",
-            method="POST", key=key,
+            f"the create's outcome stayed unknown after {MAX_RESOLVE_ROUNDS} attempts; the "
+            f"last: {unknown.message}", method="POST", key=key, status=unknown.status,
+            code=unknown.code, request_id=unknown.request_id,
         )
+
+    async def _resolve(self, key: DispatchKey, unknown: OutcomeUnknown,
+                       trace: _Trace) -> RemoteDispatch | None:
+        """The dispatch a POST of unknown outcome may have created, read with a GET. If the
+        GET fails too, the outcome stays unknown: said with both answers."""
+        try:
+            return await self._show(key, trace)
+        except ApiError as failed:
+            raise OutcomeUnknown(f"{unknown.message}; checking with a GET failed too: {failed}",
+                                 method="POST", key=key, status=unknown.status,
+                                 code=unknown.code, request_id=unknown.request_id) from None
 
     async def _adopt(self, action: Action, live: RemoteDispatch, desired: Spec,
                      trace: _Trace) -> ActionResult:

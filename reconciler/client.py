@@ -83,7 +83,18 @@ class ApiError(ReconcilerError):
 
 
 class OutcomeUnknown(ApiError):
-    """A POST was (possibly) processed but its result is unknown: GET the task to find out."""
+    """A POST was (possibly) processed but its result is unknown: GET the task to find out.
+
+    `created`: the API answered 2xx, so the dispatch does exist, but the answer could not be
+    read; `retry_after`: seconds the API asked to wait before the next request (a 503's
+    Retry-After), if any.
+    """
+
+    def __init__(self, message: str, *, created: bool = False,
+                 retry_after: float | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.created = created
+        self.retry_after = retry_after
 
 
 class DispatchClient:
@@ -202,7 +213,13 @@ class DispatchClient:
         try:
             return parse_dispatch(_json_object(response))
         except ValueError as exc:
-            raise self._bad_response(response, "POST", key, str(exc), OutcomeUnknown) from None
+            # A 2xx: the create happened, only its answer is unusable.
+            request = response.request
+            raise OutcomeUnknown(
+                _redact(f"the dispatch was created, but the answer is unusable: {exc}", request),
+                created=True, method="POST", key=key, status=response.status_code,
+                request_id=_redact_optional(clean(response.headers.get("X-Request-Id"), 64),
+                                            request)) from None
 
     async def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
         """PUT the spec onto the existing dispatch `dispatch_id` of the task."""
@@ -288,7 +305,10 @@ class DispatchClient:
                 if status != 429 and status < 500:
                     return response
                 if method == "POST" and status != 429:
-                    raise self._error(response, method, key, OutcomeUnknown)
+                    unknown = self._error(response, method, key, OutcomeUnknown)
+                    assert isinstance(unknown, OutcomeUnknown)
+                    unknown.retry_after = self._retry_after(response.headers.get("Retry-After"))
+                    raise unknown
                 error = self._error(response, method, key)
                 if status in (429, 503):
                     delay = self._retry_after(response.headers.get("Retry-After"))

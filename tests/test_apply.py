@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.apply import Applier
+from reconciler.apply import MAX_RESEND_DELAY, RESEND_BACKOFF, Applier, resend_delay
 from reconciler.auth import CredentialsError
 from reconciler.client import ApiError, OutcomeUnknown
 from reconciler.model import DispatchKey, RemoteDispatch, Spec
@@ -48,14 +48,20 @@ class FakeApi:
         return None
 
     async def show(self, key: DispatchKey) -> RemoteDispatch | None:
-        if self._fault("GET", key) == "error":
+        fault = self._fault("GET", key)
+        if fault == "error":
             raise ApiError("boom", method="GET", key=key, status=503)
+        if fault == "hidden":
+            return None
         return self.dispatches.get(key)
 
     async def create(self, key: DispatchKey, spec: Spec) -> RemoteDispatch:
         fault = self._fault("POST", key)
         if fault == "error-before":
             raise OutcomeUnknown("HTTP 500", method="POST", key=key, status=500)
+        if fault == "error-before-retry-after-7":
+            raise OutcomeUnknown("HTTP 503", method="POST", key=key, status=503,
+                                 retry_after=7.0)
         if key in self.dispatches:
             raise ApiError("The task already has a schedule.", method="POST", key=key,
                            status=400, code="FDI.3002")
@@ -70,6 +76,9 @@ class FakeApi:
             self.dispatches[key] = created
         if fault == "drop-after":
             raise OutcomeUnknown("connection dropped", method="POST", key=key)
+        if fault == "created-unreadable":
+            raise OutcomeUnknown("the dispatch was created, but the answer is unusable",
+                                 created=True, method="POST", key=key, status=200)
         return created
 
     async def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
@@ -84,12 +93,17 @@ def backend(tmp_path: Path) -> LocalBackend:
     return LocalBackend(tmp_path / "state.json")
 
 
-def apply(backend: LocalBackend, api: FakeApi, desired, parallelism: int = 4):  # type: ignore[no-untyped-def]
+def apply(backend: LocalBackend, api: FakeApi, desired, parallelism: int = 4,  # type: ignore[no-untyped-def]
+          slept: list[float] | None = None):
+    async def sleep(seconds: float) -> None:  # the waits before a create is sent again
+        if slept is not None:
+            slept.append(seconds)
+
     with backend.write_session(WHO) as session:
         snapshot = backend.read()
         plan = make_plan(desired, snapshot, desired_digest="d", created_at="now")
-        results = Applier(api, session, WHO, parallelism=parallelism).run(
-            plan.actions, set(snapshot.intents))
+        results = Applier(api, session, WHO, parallelism=parallelism, sleep=sleep,
+                          rand=lambda: 1.0).run(plan.actions, set(snapshot.intents))
         session.commit("test")
     return results
 
@@ -137,9 +151,48 @@ def test_dropped_response_is_resolved_with_get_not_a_second_post(backend: LocalB
 def test_error_before_create_posts_again_after_get(backend: LocalBackend) -> None:
     api = FakeApi()
     api.script[("POST", "t1")] = ["error-before"]
-    (result,) = apply(backend, api, [schedule("t1")])
+    slept: list[float] = []
+    (result,) = apply(backend, api, [schedule("t1")], slept=slept)
     assert result.outcome == "created"
     assert result.calls == ("POST", "GET", "POST")
+    assert slept == [RESEND_BACKOFF]  # not sent again at once
+
+
+def test_a_re_sent_create_waits_as_long_as_the_api_asked(backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["error-before-retry-after-7"] * 2
+    slept: list[float] = []
+    (result,) = apply(backend, api, [schedule("t1")], slept=slept)
+    assert result.outcome == "created"
+    assert slept == [7.0, 7.0]
+    assert resend_delay(1, None, 0.0) == RESEND_BACKOFF / 2  # jitter halves at most
+    assert resend_delay(2, None, 1.0) == RESEND_BACKOFF * 2
+    assert resend_delay(9, 1e9, 1.0) == MAX_RESEND_DELAY
+
+
+def test_a_create_answered_2xx_unreadably_is_never_sent_again(backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["created-unreadable"]
+    api.script[("GET", "t1")] = ["hidden"]  # not (yet) visible to a GET
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.outcome == "unknown"
+    assert result.calls == ("POST", "GET")
+    assert "a GET of the task then found no dispatch" in (result.error or "")
+    assert key("t1") in backend.read().intents  # the next run checks again before creating
+    (again,) = apply(backend, api, [schedule("t1")])
+    assert again.outcome == "adopted"
+    assert sum(n for (method, _), n in api.calls.items() if method == "POST") == 1
+
+
+def test_a_failed_check_of_an_unknown_create_keeps_both_answers(backend: LocalBackend) -> None:
+    api = FakeApi()
+    api.script[("POST", "t1")] = ["error-before"]
+    api.script[("GET", "t1")] = ["error"]
+    (result,) = apply(backend, api, [schedule("t1")])
+    assert result.outcome == "unknown"
+    assert result.status == 500  # the POST's, not the GET's
+    assert "checking with a GET failed too: HTTP 503: boom" in (result.error or "")
+    assert key("t1") in backend.read().intents
 
 
 def test_outcome_unknown_for_ever_is_reported_and_kept_for_next_run(
@@ -150,6 +203,9 @@ def test_outcome_unknown_for_ever_is_reported_and_kept_for_next_run(
     (result,) = apply(backend, api, [schedule("t1")])
     assert not result.ok
     assert result.outcome == "unknown"
+    # With the API's last answer, as any failure is reported.
+    assert result.status == 500
+    assert "after 3 attempts; the last: HTTP 500" in (result.error or "")
     assert key("t1") in backend.read().intents
     api.calls.clear()
     (result,) = apply(backend, api, [schedule("t1")])

@@ -270,10 +270,21 @@ def test_connect_errors_exhausted_raise_api_error_without_status() -> None:
 def test_post_with_unknown_outcome_is_not_retried(failure: Any) -> None:
     delays: list[float] = []
     script = Script(failure, ok())
-    with pytest.raises(OutcomeUnknown, match="may or may not have been created"):
+    answered = isinstance(failure, httpx.Response) and failure.is_success
+    with pytest.raises(OutcomeUnknown, match="the dispatch was created, but the answer is "
+                       "unusable" if answered else "may or may not have been created") as caught:
         make(script, delays).create(KEY, CRON)
+    assert caught.value.created is answered  # a 2xx means it exists: never to be sent again
     assert len(script.requests) == 1
     assert delays == []
+
+
+def test_a_503_s_retry_after_is_handed_on_with_the_unknown_outcome() -> None:
+    script = Script(httpx.Response(503, headers={"Retry-After": "7"}))
+    with pytest.raises(OutcomeUnknown) as caught:
+        make(script).create(KEY, CRON)
+    assert caught.value.retry_after == 7.0
+    assert caught.value.created is False
 
 
 def test_post_500_outcome_unknown_keeps_status_and_code() -> None:
