@@ -987,3 +987,54 @@ def test_a_record_put_twice_is_committed_as_last_put(state: Path) -> None:
     assert sealed.records[key("a")].spec.cron == "0 0 2 * * ?"
     assert state.read_bytes() == (json.dumps(snapshot.snapshot_document(sealed), sort_keys=True,
                                              indent=2, ensure_ascii=False) + "\n").encode()
+
+
+# -- a write that fails half way (a full disk) -------------------------------------------------
+
+
+def _failing_half_way(real: object, failures: list[int]) -> object:
+    """`write_all` that, while `failures` holds a count, writes half of the data and fails."""
+    def write_all(fd: int, data: bytes) -> None:
+        if failures and failures[0] > 0:
+            failures[0] -= 1
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)  # type: ignore[operator]
+    return write_all
+
+
+def test_a_failed_write_leaves_no_half_line_for_the_next_ones(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(state)
+    failures = [0]
+    monkeypatch.setattr(local, "write_all", _failing_half_way(local.write_all, failures))
+    with backend.write_session(PROV) as session:
+        session.put(rec("t0"))
+        failures[0] = 1
+        with pytest.raises(StateError, match="No space left"):
+            session.put(rec("t1"))
+        session.put(rec("t2"))  # space again
+        session.put(rec("t3"))
+        # Killed before the commit: the next reader seals the journal as it is.
+    assert sorted(backend.read().records) == [key("t0"), key("t2"), key("t3")]
+
+
+def test_a_write_that_cannot_be_undone_stops_the_session_keeping_what_it_had(
+        state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalBackend(state)
+    failures = [0]
+    monkeypatch.setattr(local, "write_all", _failing_half_way(local.write_all, failures))
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    with backend.write_session(PROV) as session:
+        session.put(rec("t0"))
+        failures[0] = 1
+        monkeypatch.setattr(os, "ftruncate", no_truncate)
+        with pytest.raises(StateError, match="No space left"):
+            session.put(rec("t1"))
+        with pytest.raises(StateError, match="could not be undone"):
+            session.put(rec("t2"))
+        monkeypatch.undo()
+    assert sorted(backend.read().records) == [key("t0")]  # the half line, last, is dropped

@@ -436,8 +436,13 @@ class _LocalSession:
         self._identity = identity(self._fd)
         header = {"lineage": self._lineage, "base_serial": base.serial, "serial": self.serial,
                   "provenance": provenance.to_json()}
+        # The journal's length as far as whole lines go: where a failed write is cut back to.
+        self._length = 0
+        self._unusable: str | None = None  # why no more lines may be written, once so
         try:
-            write_all(self._fd, _line(header))
+            head = _line(header)
+            write_all(self._fd, head)
+            self._length = len(head)
             _datasync(self._fd)
             self._check_held("start a write session", maybe_done=True)
         except BaseException:
@@ -474,13 +479,31 @@ class _LocalSession:
         with self._lock:
             if self._closed:
                 raise StateError("the write session is closed")
+            if self._unusable is not None:
+                raise StateError(self._unusable)
             with disk_errors("record an action", self._backend.journal_path):
-                write_all(self._fd, data)
+                try:
+                    write_all(self._fd, data)
+                except OSError:
+                    self._cut_back()
+                    raise
+            self._length += len(data)
             # After the write, not before: see the module docstring.
             self._check_held("record an action", maybe_done=True)
             self._actions += len(lines)
             for _, apply in lines:
                 apply()
+
+    def _cut_back(self) -> None:
+        """After a failed write (a full disk), remove what part of it was written: the next
+        line appended to half a line would be garbage, and so would every line after it. If
+        that fails too, nothing more is written in this session; what was is kept."""
+        try:
+            os.ftruncate(self._fd, self._length)
+        except OSError as exc:
+            self._unusable = (f"{self._path}: a failed write could not be undone "
+                              f"({exc.strerror or exc}); this run records nothing more, and the "
+                              "next one seals what it recorded before")
 
     def put(self, record: Record) -> None:
         """Record a dispatch (stored with `version` = this session's serial); clears its intent."""
