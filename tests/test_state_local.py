@@ -1038,3 +1038,38 @@ def test_a_write_that_cannot_be_undone_stops_the_session_keeping_what_it_had(
             session.put(rec("t2"))
         monkeypatch.undo()
     assert sorted(backend.read().records) == [key("t0")]  # the half line, last, is dropped
+
+
+def test_an_unsealed_journal_behind_a_replaced_state_is_refused_not_dropped(
+        tmp_path: Path) -> None:
+    # Here serial 1; elsewhere (another clone, then `git pull`) serials 2 and 3 of the same state.
+    here = LocalBackend(tmp_path / "here" / ".reconciler" / "state.json")
+    commit_session(here, rec("t0"))
+    elsewhere_dir = tmp_path / "elsewhere" / ".reconciler"
+    elsewhere_dir.mkdir(parents=True)
+    elsewhere = LocalBackend(elsewhere_dir / "state.json")
+    elsewhere.path.write_bytes(here.path.read_bytes())
+    other = dataclasses.replace(PROV, actor="carol", time="2024-05-02T00:00:00Z")
+    for task in ("t8", "t9"):
+        with elsewhere.write_session(other) as session:
+            session.put(rec(task))
+            session.commit(f"put {task}")
+    interrupted_session(here, rec("t1"))  # never sealed: its record exists nowhere else
+    here.path.write_bytes(elsewhere.path.read_bytes())  # the pull replaces state.json
+    for attempt in (here.read, lambda: commit_session(here, rec("t2"))):
+        with pytest.raises(StateError, match="holds 1 actions of an interrupted run"):
+            attempt()
+    assert here.journal_path.exists()  # kept, with the record only it holds
+
+
+def test_a_journal_its_own_commit_folded_is_still_dropped(state: Path) -> None:
+    backend = LocalBackend(state)
+    commit_session(backend, rec("t0"))
+    with backend.write_session(PROV) as session:
+        session.put(rec("t1"))
+        journal = backend.journal_path.read_bytes()
+        session.commit("second")
+    backend.journal_path.write_bytes(journal)  # its deletion was lost (not synced)
+    assert sorted(backend.read().records) == [key("t0"), key("t1")]
+    commit_session(backend, rec("t2"))
+    assert backend.read().serial == 3

@@ -231,7 +231,20 @@ class LocalBackend:
         if journal.base_serial > snap.serial:
             raise StateError(f"{self.journal_path} continues serial {journal.base_serial}, but "
                              f"{self.path} is at serial {snap.serial}: was it replaced?")
-        return journal.base_serial == snap.serial
+        if journal.base_serial == snap.serial:
+            return True
+        # Behind the state: folded by its own commit (whose deletion of it was lost), which left
+        # the state at the journal's serial, sealed by the same run; or nothing in it to lose.
+        if not journal.entries or (journal.serial == snap.serial
+                                   and journal.provenance == snap.provenance):
+            return False
+        who = journal.provenance
+        raise StateError(
+            f"{self.journal_path} holds {len(journal.entries)} actions of an interrupted run "
+            f"({who.operation} by {who.actor} at {who.time}) that continue serial "
+            f"{journal.base_serial}, never sealed, but {self.path} is at serial {snap.serial} "
+            "from other runs: it was replaced (by a git pull?). Restore the state file that "
+            "run started from, or move the journal aside to give its actions up")
 
     # -- writing ------------------------------------------------------------------------------
 
