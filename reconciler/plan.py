@@ -3,8 +3,9 @@
 Rules (SPEC §5), per key:
 - desired, not recorded → create; with live data: import if the task already has a dispatch.
 - recorded, spec differs from desired → update (PUT).
-- with live data: recorded but gone remotely → create again; remote differs from the record →
-  drift, which also updates when the remote differs from what is desired.
+- with live data: recorded but gone remotely → create again; remote differs from the record (its
+  spec, or its id: replaced) → drift, which also updates when the remote differs from what is
+  desired.
 - recorded, no longer desired → orphan: there is no delete endpoint, so it is only reported.
 """
 
@@ -98,7 +99,9 @@ def _plan_desired(
     if refreshed and live is None:
         # The recorded dispatch is gone: the task needs a schedule again.
         return action(ActionKind.CREATE, None)
-    if live is not None and live.spec != record.spec:
+    if live is not None and (live.spec != record.spec or live.dispatch_id != record.dispatch_id):
+        # Also a dispatch replaced outside (deleted, created again): its new id is recorded,
+        # and an update goes to it, not to the id that no longer exists.
         return action(ActionKind.DRIFT, live.spec, live.dispatch_id)
     if record.spec != schedule.spec:
         return action(ActionKind.UPDATE, record.spec, record.dispatch_id)

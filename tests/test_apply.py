@@ -293,6 +293,23 @@ def test_import_and_drift(backend: LocalBackend) -> None:
     assert api.dispatches[key("t2")].spec == NIGHTLY
 
 
+def test_a_replaced_dispatch_is_recorded_with_its_new_id(backend: LocalBackend) -> None:
+    api = FakeApi()
+    with backend.write_session(WHO) as session:
+        session.put(record("t1", NIGHTLY, dispatch_id="d-old"))
+        session.commit("seed")
+    api.dispatches[key("t1")] = RemoteDispatch("d-new", NIGHTLY, 5, 6)
+    with backend.write_session(WHO) as session:
+        snapshot = backend.read()
+        plan = make_plan([schedule("t1")], snapshot, desired_digest="d", created_at="x",
+                         remote={key("t1"): api.dispatches[key("t1")]})
+        results = Applier(api, session, WHO).run(plan.actions, set())
+        session.commit("refresh")
+    assert [r.outcome for r in results] == ["refreshed"]
+    assert backend.read().records[key("t1")].dispatch_id == "d-new"
+    assert api.calls[("PUT", "t1")] == 0
+
+
 class DurableIntents:
     """Wraps a session: remembers which intents were durable (intend_many had returned)."""
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 
-from reconciler.model import ActionKind, Spec
+from reconciler.model import ActionKind, RemoteDispatch, Spec
 from reconciler.plan import make_plan
 from reconciler.state.base import Intent, Snapshot
 from tests.factories import HOURLY, NIGHTLY, key, record, remote, schedule, snapshot
@@ -90,6 +90,20 @@ def test_drift_that_already_matches_desired_only_refreshes() -> None:
     assert action.recorded == NIGHTLY
     assert action.before == CHANGED
     assert not action.writes_remote
+
+
+def test_a_dispatch_replaced_outside_is_drift_onto_its_new_id() -> None:
+    # Deleted and created again by hand, same spec: the recorded id no longer exists.
+    replaced = RemoteDispatch("d-new", NIGHTLY, 1, 1)
+    (action,) = plan([schedule("t1")], snapshot(record("t1")), {key("t1"): replaced}).actions
+    assert action.kind is ActionKind.DRIFT
+    assert action.dispatch_id == "d-new"
+    assert not action.writes_remote  # only recorded again, with its new id
+    (changed,) = plan([schedule("t1", CHANGED)], snapshot(record("t1")),
+                      {key("t1"): replaced}).actions
+    assert changed.kind is ActionKind.DRIFT
+    assert changed.writes_remote
+    assert changed.dispatch_id == "d-new"  # the PUT goes to the dispatch that exists
 
 
 def test_drift_back_to_desired() -> None:

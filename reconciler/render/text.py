@@ -86,6 +86,8 @@ def render_action(action: Action, now: datetime, *, color: bool) -> list[str]:
             indent = "      "
             lines.append("    changed outside reconciler (recorded → live):")
             lines.extend(f"      {line}" for line in _diff(action.recorded, action.before))
+            if action.recorded == action.before:
+                lines.append(f"      replaced: the task's dispatch is now {action.dispatch_id}")
             lines.append("    back to desired (live → desired):" if action.writes_remote
                          else "    the live dispatch already matches the desired spec")
         elif kind is ActionKind.IMPORT:
