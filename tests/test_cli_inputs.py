@@ -125,3 +125,13 @@ def test_validate_of_a_fifo_does_not_wait_for_a_writer(project: Path) -> None:
     code, _, err = outcome[0]
     assert_one_clear_line(code, err, "named: cannot read: it is a device, a FIFO or a socket",
                           "1 problem in 4 files.")  # the four bundled files were read
+
+
+def test_an_interrupt_exits_1_like_any_error(project: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("reconciler.cli.validate_cmd.load_desired", interrupted)
+    code, _, err = run("-C", str(project), "validate")
+    assert (code, err) == (1, "interrupted\n")

@@ -169,8 +169,10 @@ def main(
         err.write(f"error: {exc}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
+        # 1, not the shell's 130: the exit codes are 0, 1 and 2 for every command, and CI
+        # scripts test for them. What a run recorded before is kept; a rerun does the rest.
         err.write("interrupted\n")
-        return 130
+        return EXIT_ERROR
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as exc:  # a bug: one line for users, the traceback with -v
