@@ -17,13 +17,11 @@ from typing import Any
 
 from reconciler.model import SPEC_FIELDS, DispatchKey
 from reconciler.state.base import Provenance, Record, Snapshot, StateBackend, StateError
-from reconciler.state.snapshot import parse_snapshot
+from reconciler.state.snapshot import MAX_STATE_BYTES, parse_snapshot
 from reconciler.userfiles import NotAFile, read_regular_file
 
 GIT_PREFIX = "git:"
 GIT_TIMEOUT = 30.0
-MAX_STATE_FILE_BYTES = 512 * 1024 * 1024
-"""A state of 100,000 dispatches is about 70 MiB; anything far larger is not a state file."""
 IGNORED_FIELDS = ("version", "fingerprint")
 """Left out of every comparison: `version` is the serial a record last changed in (it differs
 whenever anything is re-recorded), and `fingerprint` is a hash of `spec`, so it changes exactly
@@ -168,7 +166,7 @@ def _current(backend: StateBackend) -> tuple[Snapshot, str]:
 def _from_file(spec: str, repo_dir: Path) -> tuple[Snapshot, str]:
     path = repo_dir / spec
     try:
-        data = read_regular_file(path, MAX_STATE_FILE_BYTES)
+        data = read_regular_file(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         raise StateError(f"{spec}: no such state file") from None
     except NotAFile as error:

@@ -4,8 +4,10 @@ internal error, and nothing written."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -135,3 +137,49 @@ def test_an_interrupt_exits_1_like_any_error(project: Path,
     monkeypatch.setattr("reconciler.cli.validate_cmd.load_desired", interrupted)
     code, _, err = run("-C", str(project), "validate")
     assert (code, err) == (1, "interrupted\n")
+
+
+def _run_bounded(*argv: str) -> tuple[int, str, str]:
+    """`run`, failing the test instead of hanging it when the command waits for ever."""
+    outcome: list[tuple[int, str, str]] = []
+    command = threading.Thread(target=lambda: outcome.append(run(*argv)), daemon=True)
+    command.start()
+    command.join(timeout=30)
+    assert not command.is_alive(), f"{argv} hung"
+    return outcome[0]
+
+
+@pytest.mark.parametrize(("damage", "argv", "message"), [
+    ("history-is-a-file", ["state", "history"], "cannot read the history"),
+    ("journal-is-a-directory", ["state", "list"], "state.journal: is a directory"),
+    ("lock-is-a-directory", ["state", "lock"], "state.lock: is a directory, not a lock file"),
+    ("state-is-a-fifo", ["plan"], "state.json: is a device, a FIFO or a socket"),
+    ("journal-is-a-fifo", ["state", "list"], "state.journal: is a device, a FIFO or a socket"),
+])
+def test_damaged_state_files_are_one_clear_line(project: Path, damage: str, argv: list[str],
+                                                message: str) -> None:
+    state = project / ".reconciler"
+    state.mkdir()
+    what, _, kind = damage.partition("-is-a-")
+    path = state / {"history": "state.history", "journal": "state.journal",
+                    "lock": "state.lock", "state": "state.json"}[what]
+    if kind == "file":
+        path.write_text("not a directory")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    code, _, err = _run_bounded("-C", str(project), *argv)
+    assert_one_clear_line(code, err, message)
+
+
+def test_a_lock_of_an_impossible_process_is_stale(project: Path) -> None:
+    state = project / ".reconciler"
+    state.mkdir()
+    (state / "state.lock").write_text(json.dumps({
+        "lock_id": "l-1", "operation": "apply", "who": "x", "host": socket.gethostname(),
+        "pid": 99999999999, "created": "2026-01-01T00:00:00Z",
+        "heartbeat": "2099-01-01T00:00:00Z"}))
+    code, out, err = run("-C", str(project), "state", "lock")
+    assert code == 0, err
+    assert "It looks stale: process 99999999999 cannot exist" in out

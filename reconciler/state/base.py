@@ -184,6 +184,8 @@ class LockInfo:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
                 return f"process {self.pid} is not running on this host"
+            except OverflowError:  # beyond any process id: a damaged or forged lock
+                return f"process {self.pid} cannot exist"
             except PermissionError:
                 pass  # alive, owned by another user
         try:

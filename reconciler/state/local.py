@@ -67,6 +67,7 @@ from reconciler.state.files import (
 from reconciler.state.lockfile import UNREADABLE_LOCK_ID, HeldLock, LockFile
 from reconciler.state.snapshot import (
     MALFORMED,
+    MAX_STATE_BYTES,
     check_sequence,
     pack,
     parse_snapshot,
@@ -74,6 +75,7 @@ from reconciler.state.snapshot import (
     snapshot_bytes,
     unpack,
 )
+from reconciler.userfiles import NotAFile, read_regular_file
 
 __all__ = ["UNREADABLE_LOCK_ID", "LocalBackend"]
 
@@ -115,9 +117,13 @@ class _Journal:
 
 def _read_journal(path: Path) -> _Journal | None:
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         return None
+    except NotAFile as error:
+        raise StateError(f"{path}: {error}, not a journal") from None
+    except OSError as error:
+        raise StateError(f"{path}: cannot read: {error.strerror}") from None
     return _parse_journal(data, path)
 
 
@@ -216,9 +222,11 @@ class LocalBackend:
 
     def _load(self) -> Snapshot:
         try:
-            data = self.path.read_bytes()
+            data = read_regular_file(self.path, MAX_STATE_BYTES)
         except FileNotFoundError:
             return Snapshot(lineage="", serial=0)
+        except NotAFile as error:  # a FIFO would make every command wait for ever
+            raise StateError(f"{self.path}: {error}, not a state file") from None
         except OSError as error:
             raise StateError(f"{self.path}: cannot read: {error.strerror}") from None
         return parse_snapshot(data, str(self.path))
@@ -383,9 +391,15 @@ class LocalBackend:
     def history(self) -> list[HistoryEntry]:
         """Every sealed serial, ascending (the last index line for a serial wins)."""
         try:
-            data = (self.history_dir / "index.jsonl").read_bytes()
+            data = read_regular_file(self.history_dir / "index.jsonl", MAX_STATE_BYTES)
         except FileNotFoundError:
             return []
+        except NotAFile as error:
+            raise StateError(f"{self.history_dir / 'index.jsonl'}: {error}, not a history "
+                             "index") from None
+        except OSError as error:  # the history directory is a file, say
+            raise StateError(f"{self.history_dir}: cannot read the history: "
+                             f"{error.strerror}") from None
         sealed = self._load().serial
         entries: dict[int, HistoryEntry] = {}
         for raw in data.splitlines():

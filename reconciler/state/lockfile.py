@@ -33,8 +33,11 @@ from reconciler.state.files import (
 )
 from reconciler.state.heartbeat import Heartbeat
 from reconciler.state.snapshot import MALFORMED, pretty_json
+from reconciler.userfiles import NotAFile, read_regular_file
 
 UNREADABLE_LOCK_ID = "unreadable"
+MAX_LOCK_BYTES = 64 * 1024
+"""A lock is a few hundred bytes; read no more of whatever else sits at its path."""
 """The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
 
 DRAFT_MAX_AGE = 60.0
@@ -98,10 +101,15 @@ class LockFile:
 
     def _read_lock(self) -> tuple[LockInfo, float] | None:
         try:
-            with self.path.open("rb") as handle:
-                data, mtime = handle.read(), os.fstat(handle.fileno()).st_mtime
+            data = read_regular_file(self.path, MAX_LOCK_BYTES)
+            mtime = os.stat(self.path).st_mtime
         except FileNotFoundError:
             return None
+        except NotAFile as error:
+            raise StateError(f"{self.path}: {error}, not a lock file; remove it if no run is "
+                             "in progress") from None
+        except OSError as error:
+            raise StateError(f"{self.path}: cannot read the lock: {error.strerror}") from None
         try:
             doc = json.loads(data)
             info = LockInfo(str(doc["lock_id"]), str(doc["operation"]), str(doc["who"]),

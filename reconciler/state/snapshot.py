@@ -18,6 +18,11 @@ from typing import Any
 from reconciler.model import SPEC_FIELDS, DispatchKey, ReconcilerError, Spec
 from reconciler.state.base import FORMAT_VERSION, Intent, Provenance, Record, Snapshot, StateError
 
+MAX_STATE_BYTES = 1024 * 1024 * 1024
+"""A state of 100,000 dispatches is about 70 MiB and its journal as much again; a file far
+larger is not one of ours (and reading it whole could exhaust memory)."""
+
+
 MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError)
 """What reading a well-formed JSON document of the wrong shape can raise."""
 
