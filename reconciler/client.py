@@ -38,12 +38,22 @@ from reconciler.aiotransport import LOOPBACK_HOSTS, async_for_endpoint
 from reconciler.auth import Auth
 from reconciler.desired import parse_start_datetime
 from reconciler.errorbody import clean, error_fields, redact, short
-from reconciler.model import DispatchKey, ReconcilerError, RemoteDispatch, Spec, is_valid_id
+from reconciler.model import (
+    SPEC_FIELDS,
+    DispatchKey,
+    ReconcilerError,
+    RemoteDispatch,
+    Spec,
+    is_valid_id,
+)
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json;charset=UTF-8"
 TASK_NOT_IN_PROJECT = "FDI.3180"
+# Huawei's API gateways: APIGW on the shared one, APIG on a dedicated one (e.g. APIG.0101, "API
+# does not exist"). Their 404 means the path is wrong, never that the dispatch is missing.
+_GATEWAY_CODE = re.compile(r"APIGW?\.")
 _REGION = re.compile(r"[a-z0-9-]+")
 _SECRET_HEADERS = ("x-auth-token", "authorization")
 _DEFAULT_HEADERS = ((b"Accept", b"application/json"),
@@ -181,16 +191,18 @@ class DispatchClient:
     async def show(self, key: DispatchKey) -> RemoteDispatch | None:
         """The task's dispatch, or None when the task has none.
 
-        None for a 200 without `dispatch_id` (or empty) and for a 404 carrying an error code other
-        than FDI.3180; a 404 FDI.3180 (the task is not in the project) raises ApiError, and so
-        does a 404 without an API error code or with a gateway (`APIGW.*`) one: that is a wrong
-        endpoint, not a missing dispatch.
+        None for a 200 without `dispatch_id` (or empty) and for a 404 carrying the API's error
+        code: the reference documents no code for "no dispatch" (the emulator answers FDI.3181),
+        so any but FDI.3180 (the task is not in the project) counts. A 404 without an error
+        code, or with a gateway's (`APIGW.*` on the shared gateway, `APIG.*` on a dedicated
+        one), raises ApiError: the path is wrong, which says nothing of the dispatch, and a None
+        would let apply send a create.
         """
         response = await self._call("GET", key, _path(key, "GET"), None)
         if response.status_code == 404:
             error = self._error(response, "GET", key)
-            if error.code and error.code != TASK_NOT_IN_PROJECT and not error.code.startswith(
-                    "APIGW."):
+            if error.code and error.code != TASK_NOT_IN_PROJECT \
+                    and not _GATEWAY_CODE.match(error.code):
                 return None
             raise error
         if not response.is_success:
@@ -231,7 +243,7 @@ class DispatchClient:
         if not response.is_success:
             raise self._error(response, "PUT", key)
         try:
-            return parse_dispatch(_json_object(response))
+            return _updated(response, dispatch_id, spec)
         except ValueError as exc:
             raise self._bad_response(response, "PUT", key, str(exc), ApiError) from None
 
@@ -347,6 +359,8 @@ class DispatchClient:
         elif status == 404 and code == TASK_NOT_IN_PROJECT:
             message = (f"task {key.task_id} is not in project {key.project_id} "
                        f"(instance {key.instance_id}): {message}")
+        elif status == 404 and code is not None and _GATEWAY_CODE.match(code):
+            message += "; the API gateway knows no such API: check the endpoint"
         elif cls is OutcomeUnknown:
             message += "; the dispatch may or may not have been created"
         # The code and request id too: a server may build them from what it was sent.
@@ -394,6 +408,29 @@ def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:
     return RemoteDispatch(dispatch_id, Spec.from_body(fields),
                           _epoch_ms(obj.get("created_date")),
                           _epoch_ms(obj.get("last_modified_date")))
+
+
+def _updated(response: httpx.Response, dispatch_id: str, spec: Spec) -> RemoteDispatch:
+    """The dispatch a 2xx to a PUT describes. ValueError when its answer is unusable.
+
+    The update was applied: an answer that leaves things out (an empty body, `{}`, no
+    `dispatch_id`, no spec field) is completed with what is known, the URL's dispatch id and the
+    spec sent, rather than reported as a failure. An answer that contradicts them (another
+    dispatch_id) or is not a JSON object is still refused: it may not come from the API.
+    """
+    if not response.content.strip():
+        return RemoteDispatch(dispatch_id, spec)
+    obj = _json_object(response)
+    answered = obj.get("dispatch_id")
+    if answered is None or answered == "":
+        obj["dispatch_id"] = dispatch_id
+    elif answered != dispatch_id:
+        raise ValueError(f"the answer is about dispatch_id {short(answered)}, not "
+                         f"{short(dispatch_id)}")
+    found = parse_dispatch(obj)
+    if all(obj.get(name) in (None, "") for name in SPEC_FIELDS):
+        return RemoteDispatch(dispatch_id, spec, found.created_date, found.last_modified_date)
+    return found
 
 
 def verifying_context() -> ssl.SSLContext:

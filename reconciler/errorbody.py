@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:  # only its attributes are read: the renderers import this module too
+    import httpx
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# What must not reach a terminal, a log or a report file as is: C0 and C1 controls and DEL
+# (escape sequences, carriage returns), the Unicode bidi controls, which reorder what is shown
+# ("Trojan Source"), and the line and paragraph separators, which some terminals and editors
+# break lines at.
+_UNSAFE = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+_CONTROL = re.compile(f"[{_UNSAFE}]+")
+_ONE_CONTROL = re.compile(f"[{_UNSAFE}]")
 
 
 def error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]:
     """(error code, message, request id) from any of the error body shapes."""
+    content = response.content
     try:
-        data = json.loads(response.content)
+        # Decoded leniently: one bad byte in a message must not cost the code and the message.
+        data = json.loads(content.decode(json.detect_encoding(content), errors="replace"))
     except ValueError:
         data = None
     code = message = request_id = None
@@ -26,9 +36,11 @@ def error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]
         inner = next((data[k] for k in ("error", "reason") if isinstance(data.get(k), dict)),
                      data)
         raw_code = inner.get("error_code") or inner.get("code")
-        # Keystone's `code` repeats the HTTP status; Huawei's codes look like IAM.0001.
-        code = clean(raw_code, 64) if isinstance(raw_code, str) and not raw_code.isdigit() \
-            else None
+        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+            raw_code = str(raw_code)
+        # Huawei's codes look like IAM.0001, but some APIs send a bare number (3002): kept,
+        # unless it merely repeats the HTTP status, as Keystone's `code` does.
+        code = clean(raw_code, 64) if raw_code != str(response.status_code) else None
         message = clean(inner.get("error_msg") or inner.get("message"), 512)
         request_id = clean(data.get("request_id") or inner.get("request_id"), 64)
     if not message:
@@ -44,6 +56,17 @@ def clean(value: object, limit: int) -> str | None:
         return None
     text = _CONTROL.sub(" ", value).strip()[:limit].strip()
     return text or None
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each character `clean` would remove shown as an escape (`\\x1b`,
+    `\\u202e`): safe to print, and a reader still sees that something was there."""
+    return _ONE_CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    point = ord(match.group())
+    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
 
 
 def short(value: object) -> str:

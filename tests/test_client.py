@@ -23,7 +23,7 @@ from reconciler.client import (
     endpoint_for,
 )
 from reconciler.errorbody import redact
-from reconciler.model import DispatchKey, ReconcilerError, Spec
+from reconciler.model import DispatchKey, ReconcilerError, RemoteDispatch, Spec
 from reconciler.signer import AkSkAuth
 from tests.factories import Blocking
 
@@ -329,8 +329,11 @@ def test_post_refused_is_a_plain_api_error() -> None:
     httpx.Response(200),
     httpx.Response(200, json={"task_id": "task1", "dispatch_id": ""}),
     httpx.Response(404, json={"error_code": "FDI.3181", "error_msg": "no dispatch"}),
-    httpx.Response(404, json={"code": 404, "reason": {"error_code": "FDI.3999",
+    httpx.Response(404, json={"code": 404, "reason": {"error_code": "FDI.3181",
                                                       "error_msg": "no dispatch"}}),
+    # The reference documents no code for it: any API code but FDI.3180 counts.
+    httpx.Response(404, json={"code": 404, "reason": {"error_code": "FDI.3999",
+                                                      "error_msg": "not found"}}),
 ])
 def test_show_none_when_the_task_has_no_dispatch(response: httpx.Response) -> None:
     assert make(Script(response)).show(KEY) is None
@@ -347,10 +350,20 @@ def test_show_raises_when_the_task_is_not_in_the_project() -> None:
 @pytest.mark.parametrize("response", [
     httpx.Response(404, text="Not Found"),
     httpx.Response(404, json={"error_code": "APIGW.0101", "error_msg": "no such API"}),
+    # The dedicated gateway's code for the same answer.
+    httpx.Response(404, json={"error_code": "APIG.0101", "error_msg": "API does not exist"}),
 ])
 def test_show_raises_on_a_404_that_is_not_the_api(response: httpx.Response) -> None:
     with pytest.raises(ApiError, match="HTTP 404"):
         make(Script(response)).show(KEY)
+
+
+@pytest.mark.parametrize("code", ["APIGW.0101", "APIG.0101"])
+def test_a_gateway_404_says_the_endpoint_is_wrong(code: str) -> None:
+    body = {"error_code": code, "error_msg": "API does not exist"}
+    with pytest.raises(ApiError, match="check the endpoint") as caught:
+        make(Script(httpx.Response(404, json=body))).show(KEY)
+    assert caught.value.code == code
 
 
 def test_response_iso_start_datetime_and_unknown_fields() -> None:
@@ -374,10 +387,42 @@ def test_response_fields_of_the_other_form_are_dropped() -> None:
 @pytest.mark.parametrize("bad", ["../etc", "x" * 65, 42, None])
 def test_malformed_dispatch_id_is_refused(bad: object) -> None:
     body = dispatch(dispatch_id=bad)
-    with pytest.raises(ApiError, match="dispatch_id"):
-        make(Script(ok(body))).update(KEY, "d1", CRON)
+    if bad is not None:  # an update's answer without the id is about the dispatch of the URL
+        with pytest.raises(ApiError, match="dispatch_id"):
+            make(Script(ok(body))).update(KEY, "d1", CRON)
     with pytest.raises(OutcomeUnknown, match="dispatch_id"):
         make(Script(ok(body))).create(KEY, CRON)
+
+
+@pytest.mark.parametrize("response", [
+    httpx.Response(200, json={}),
+    httpx.Response(200),
+    httpx.Response(204),
+    httpx.Response(200, text=" \n"),
+    httpx.Response(200, json={"dispatch_id": None}),
+    httpx.Response(200, json={"dispatch_id": "d1"}),
+])
+def test_update_answered_without_the_dispatch_is_what_was_sent(response: httpx.Response) -> None:
+    updated = make(Script(response)).update(KEY, "d1", CRON)
+    assert updated == RemoteDispatch("d1", CRON, None, None)
+
+
+def test_update_answer_with_some_fields_keeps_them() -> None:
+    body = {"use_quartz_cron": True, "cron": "0 0 3 * * ?", "last_modified_date": 7}
+    updated = make(Script(ok(body))).update(KEY, "d1", CRON)
+    assert updated == RemoteDispatch("d1", Spec(cron="0 0 3 * * ?"), None, 7)
+
+
+@pytest.mark.parametrize(("response", "problem"), [
+    (ok(dispatch(dispatch_id="d2")), "dispatch_id 'd2', not 'd1'"),
+    (httpx.Response(200, text="<html>welcome</html>"), "not JSON"),
+    (httpx.Response(200, json=[]), "not a JSON object"),
+])
+def test_update_answer_that_contradicts_is_refused(response: httpx.Response,
+                                                   problem: str) -> None:
+    with pytest.raises(ApiError, match=f"unexpected response: .*{problem}") as caught:
+        make(Script(response)).update(KEY, "d1", CRON)
+    assert type(caught.value) is ApiError
 
 
 def test_wrongly_typed_fields_are_refused() -> None:

@@ -99,3 +99,22 @@ def test_markdown_is_cut_below_the_limit() -> None:
     left = int(rendered.split("> ")[-1].split(" changes")[0])
     assert shown + left == 3000
     assert rendered.count("<details>") == rendered.count("</details>")
+
+
+def test_markdown_escapes_control_characters_of_live_values() -> None:
+    # What a refresh reads is written by anyone with console access: a terminal escape, a bell,
+    # a carriage return or a bidi override must not reach the PR comment or the CI log as is.
+    evil = "\x1b]0;owned\x07\r\x9b2J\u202etxt.exe\u2028x"
+    live = replace(NIGHTLY, remark=evil, cron="0 0 2 * * ?\x1b[2J")
+    plan = make_plan([schedule("t1"), schedule("t2", name="imported")],
+                     snapshot(record("t1"), record("t3", name="gone\x1b[31m")),
+                     desired_digest="d", created_at="x",
+                     remote={key("t1"): remote("t1", live), key("t2"): remote("t2", live),
+                             key("t3"): None})
+    rendered = markdown.render(plan, title="plan\x1b[5m")
+    controls = [ch for ch in rendered if ch != "\n" and (
+        ord(ch) < 0x20 or 0x7f <= ord(ch) <= 0x9f or ch in "\u202e\u2028")]
+    assert controls == []
+    assert "\\x1b]0;owned\\x07\\x0d\\x9b2J\\u202etxt.exe\\u2028x" in rendered
+    assert "0 0 2 * * ?\\x1b[2J" in rendered
+    assert "gone\\x1b[31m" in rendered

@@ -6,6 +6,7 @@ were left out, pointing to the full text plan in the CI log.
 
 from __future__ import annotations
 
+from reconciler.errorbody import escape_controls
 from reconciler.model import Action, ActionKind, Plan
 from reconciler.render.text import summary_line
 
@@ -22,8 +23,10 @@ MARKER = "<!-- reconciler-plan -->"
 
 
 def _cell(text: object) -> str:
+    """A value as table cell text. Live values (remark, cron) are anyone's text: controls are
+    shown escaped, or they would reach the terminal or CI log that prints the comment."""
     shown = "" if text is None else str(text)
-    return shown.replace("|", "\\|").replace("\n", " ").replace("`", "'")
+    return escape_controls(shown.replace("|", "\\|").replace("\n", " ").replace("`", "'"))
 
 
 def _changes(action: Action) -> str:
@@ -32,14 +35,14 @@ def _changes(action: Action) -> str:
         body.pop("use_quartz_cron", None)
         return "<br>".join(f"`{name}`: `{_cell(v)}`" for name, v in body.items())
     if action.kind is ActionKind.ORPHAN:
-        return f"`reconciler state rm {action.key}` to forget"
+        return f"`reconciler state rm {_cell(action.key)}` to forget"
     return "<br>".join(
         f"`{c.field}`: `{_cell(c.old)}` → `{_cell(c.new)}`" for c in action.changes
     ) or "record refreshed"
 
 
 def render(plan: Plan, *, title: str = "reconciler plan") -> str:
-    head = [MARKER, f"### {title}", "", f"**{summary_line(plan)}**", ""]
+    head = [MARKER, f"### {escape_controls(title)}", "", f"**{summary_line(plan)}**", ""]
     counts = {kind: plan.count(kind) for kind, _ in _SECTIONS}
     head += ["| action | count |", "|---|---:|"]
     for kind, label in _SECTIONS:
@@ -64,7 +67,7 @@ def render(plan: Plan, *, title: str = "reconciler plan") -> str:
             continue
         size += section_size
         for index, action in enumerate(actions):
-            row = (f"| {_cell(action.name)} | {_cell(action.source)} | `{action.key}` | "
+            row = (f"| {_cell(action.name)} | {_cell(action.source)} | `{_cell(action.key)}` | "
                    f"{_changes(action)} |")
             if size + len(row) + 1 > LIMIT - _RESERVE:
                 left_out += len(actions) - index
