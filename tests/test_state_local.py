@@ -340,6 +340,24 @@ def test_malformed_state_content_is_a_clear_error(state: Path) -> None:
         LocalBackend(state).read()
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("dispatch_id", None), ("name", None), ("dispatch_id", "bad/id"), ("version", "3"),
+    ("version", True), ("created_date", "yesterday"), ("applied_at", 5), ("commit", 7),
+    ("lineage", None), ("serial", 1.7), ("serial", True), ("format_version", True),
+])
+def test_values_of_the_wrong_type_are_refused_not_coerced(state: Path, field: str,
+                                                          value: object) -> None:
+    # A null dispatch_id used to be read as the text "None", and an update PUT to it.
+    commit_session(LocalBackend(state), rec("a"))
+    doc = json.loads(state.read_text())
+    where = doc if field in ("lineage", "serial", "format_version") \
+        else doc["dispatches"][str(key("a"))]
+    where[field] = value
+    state.write_text(json.dumps(doc))
+    with pytest.raises(StateError, match=r"malformed state|not a state file"):
+        LocalBackend(state).read()
+
+
 def test_actions_never_rewrite_the_snapshot(state: Path) -> None:
     backend = LocalBackend(state)
     commit_session(backend, rec("seed"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from reconciler.model import DispatchKey, ReconcilerError, Spec
+from reconciler.model import DispatchKey, ReconcilerError, Spec, is_valid_id
 
 FORMAT_VERSION = 1
 
@@ -65,20 +65,49 @@ class Record:
 
     @classmethod
     def from_json(cls, key: DispatchKey, data: Mapping[str, Any]) -> Record:
+        # Types checked, not coerced: a null dispatch_id read as the text "None" was PUT to.
+        dispatch_id = _text(data, "dispatch_id")
+        if not is_valid_id(dispatch_id):
+            raise ValueError(f"dispatch_id {dispatch_id!r} is not an id")
         return cls(
             key=key,
-            name=str(data["name"]),
-            source=str(data.get("source", "")),
-            dispatch_id=str(data["dispatch_id"]),
+            name=_text(data, "name"),
+            source=_text(data, "source", ""),
+            dispatch_id=dispatch_id,
             spec=Spec.from_body(data.get("spec", {})),
-            created_date=data.get("created_date"),
-            last_modified_date=data.get("last_modified_date"),
-            applied_at=str(data.get("applied_at", "")),
-            applied_by=str(data.get("applied_by", "")),
-            commit=data.get("commit"),
-            ci_job=data.get("ci_job"),
-            version=int(data.get("version", 0)),
+            created_date=_optional_int(data, "created_date"),
+            last_modified_date=_optional_int(data, "last_modified_date"),
+            applied_at=_text(data, "applied_at", ""),
+            applied_by=_text(data, "applied_by", ""),
+            commit=_optional_text(data, "commit"),
+            ci_job=_optional_text(data, "ci_job"),
+            version=_integer(data, "version", 0),
         )
+
+
+_REQUIRED: Any = object()
+
+
+def _text(data: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> str:
+    value = data[name] if default is _REQUIRED else data.get(name, default)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _optional_text(data: Mapping[str, Any], name: str) -> str | None:
+    return None if data.get(name) is None else _text(data, name)
+
+
+def _integer(data: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> int:
+    value = data[name] if default is _REQUIRED else data.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    return value
+
+
+def _optional_int(data: Mapping[str, Any], name: str) -> int | None:
+    return None if data.get(name) is None else _integer(data, name)
 
 
 @dataclass(frozen=True, slots=True)

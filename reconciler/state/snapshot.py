@@ -269,7 +269,7 @@ def parse_snapshot(data: bytes, where: str) -> Snapshot:
     if not isinstance(doc, dict):
         raise StateError(f"{where}: not a state file (expected a JSON object)")
     version = doc.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise StateError(f"{where}: not a state file (no valid format_version)")
     if version > FORMAT_VERSION:
         raise StateError(f"{where} has format_version {version}, newer than this reconciler "
@@ -277,9 +277,14 @@ def parse_snapshot(data: bytes, where: str) -> Snapshot:
     try:
         keys = {name: DispatchKey.parse(name) for name in (*doc["dispatches"], *doc["intents"])}
         provenance = doc.get("provenance")
+        lineage, serial = doc["lineage"], doc["serial"]
+        if not isinstance(lineage, str):
+            raise TypeError(f"lineage must be a string, not {type(lineage).__name__}")
+        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+            raise TypeError(f"serial must be a whole number, not {serial!r}")
         return Snapshot(
-            lineage=str(doc["lineage"]),
-            serial=int(doc["serial"]),
+            lineage=lineage,
+            serial=serial,
             records={keys[k]: Record.from_json(keys[k], v) for k, v in doc["dispatches"].items()},
             intents={keys[k]: Intent.from_json(keys[k], v) for k, v in doc["intents"].items()},
             provenance=Provenance.from_json(provenance) if provenance else None,
