@@ -263,3 +263,20 @@ def test_records_carry_the_time_they_were_applied_not_the_commands_start(
     applied = {record["applied_at"] for record in state["dispatches"].values()}
     assert len(applied) == 1
     assert applied.pop() > "2026-11-29T12:01:00Z"  # after the start and the plan
+
+
+def test_a_state_that_cannot_be_sealed_still_gets_the_summary(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.state import local
+    from reconciler.state.base import StateError
+
+    def full_disk(self: object, summary: str) -> None:
+        raise StateError("state.json: cannot seal: No space left on device")
+
+    monkeypatch.setattr(local._LocalSession, "commit", full_disk)
+    code, _, err = run("-C", str(project), "-q", "apply", "--auto-approve", "--emulator")
+    assert code == 1
+    assert err.splitlines()[-2:] == [
+        "Apply finished, but its state could not be sealed: 11 created, 0 failed.",
+        "error: state.json: cannot seal: No space left on device",
+    ]

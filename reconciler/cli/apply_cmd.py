@@ -17,6 +17,7 @@ from reconciler.cli.plan_cmd import build_plan, render
 from reconciler.cli.state_cmd import add_lock_timeout
 from reconciler.cli.validate_cmd import load_or_report
 from reconciler.emulator import cli as emulator_cli
+from reconciler.model import ReconcilerError
 from reconciler.render.text import summary_line
 from reconciler.state.backends import open_backend
 
@@ -122,7 +123,13 @@ def cmd_apply(ctx: Context) -> int:
         results = applier.run(plan.actions, set(current.intents))
         reporter.finish()
         summary = summarise(results)
-        sealed = session.commit(f"apply: {summary}")
+        try:
+            sealed = session.commit(f"apply: {summary}")
+        except ReconcilerError:
+            # The summary still: the API calls were made, and the records written so far are
+            # sealed by the next run (the error below says why this one could not).
+            ctx.console.error(f"Apply finished, but its state could not be sealed: {summary}.")
+            raise
     failed = [r for r in results if not r.ok]
     line = f"Apply {'finished with errors' if failed else 'complete'}: {summary}."
     (ctx.console.error if failed else ctx.console.print)(line)
