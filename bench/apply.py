@@ -11,7 +11,7 @@ HTTP/1.1 connections; intents written ahead in batches by a recorder thread; a w
 soon as the API answered, its record (and its text in state.json) written on the loop. The
 package's bytecode is compiled first (see common.reconciler_command). Measured on this project's
 noisy 2-core machines, best of 5: at 10, 2.40-2.51 s (target 3.1-3.2: met); at 50, 0.65-0.78 s
-(target 0.74-0.84: met in all of 49 invocations, with process start at 0.14-0.24 s; at slower
+(target 0.74-0.84: met in all of 54 invocations, with process start at 0.14-0.24 s; at slower
 moments, start 0.25-0.5 s, 0.79-1.01 s, met in 21 of 32, missed by 1-70 ms), where the
 thread-pool design took 2.3-2.8 s. Each run counts against the process start measured just
 before it: the machine runs the same code at two speeds, up to 2x apart, from one minute to the
