@@ -543,6 +543,8 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
         obj = json.loads(response.content)
     except ValueError:
         raise ValueError("the body is not JSON") from None
+    except RecursionError:  # nested deeper than json parses: no answer of the API's
+        raise ValueError("the body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("the body is not a JSON object")
     return obj

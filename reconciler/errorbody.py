@@ -29,7 +29,7 @@ def error_fields(response: httpx.Response) -> tuple[str | None, str, str | None]
     try:
         # Decoded leniently: one bad byte in a message must not cost the code and the message.
         data = json.loads(content.decode(json.detect_encoding(content), errors="replace"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested beyond what json parses
         data = None
     code = message = request_id = None
     if isinstance(data, dict):

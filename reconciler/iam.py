@@ -255,7 +255,7 @@ class PasswordAuth:
             issued = _parse_time(token["issued_at"]) if token.get("issued_at") else None
             project = token.get("project")
             scoped = project.get("id") if isinstance(project, dict) else None
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise self._bad_answer(response, project_id,
                                    "its body has no readable token.expires_at") from None
         if scoped is not None and scoped != project_id:

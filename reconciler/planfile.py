@@ -126,6 +126,8 @@ def load(path: Path) -> Plan:
         raise PlanFileError(
             f"{path}:{exc.lineno}:{exc.colno}: not a plan file: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not a plan file (nested too deeply)") from None
     try:
         return from_document(document)
     except (KeyError, TypeError, ValueError) as exc:

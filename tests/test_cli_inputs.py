@@ -183,3 +183,15 @@ def test_a_lock_of_an_impossible_process_is_stale(project: Path) -> None:
     code, out, err = run("-C", str(project), "state", "lock")
     assert code == 0, err
     assert "It looks stale: process 99999999999 cannot exist" in out
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), [
+    ("deep.plan", ["apply", "deep.plan"], "deep.plan: not a plan file (nested too deeply)"),
+    ("deep.json", ["state", "diff", "deep.json"], "deep.json: not a state file (nested too "
+     "deeply)"),
+])
+def test_json_nested_beyond_what_python_parses(project: Path, name: str, argv: list[str],
+                                               message: str) -> None:
+    (project / name).write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = run("-C", str(project), *argv)
+    assert_one_clear_line(code, err, message)

@@ -727,3 +727,9 @@ def test_unusable_ca_settings_are_one_clear_error_before_any_request(
             pass
 
     asyncio.run(enter_local())
+
+
+def test_a_body_nested_beyond_what_json_parses_is_an_unusable_answer() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ApiError, match="nested too deeply"):
+        make(Script(httpx.Response(200, content=deep))).show(KEY)

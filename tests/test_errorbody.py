@@ -52,3 +52,11 @@ def test_escape_controls_shows_each_one_and_keeps_the_rest() -> None:
     assert escape_controls("a\x1b[31m\x07\r\x7f\x9b\u202e\u2028é漢 ok") == (
         "a\\x1b[31m\\x07\\x0d\\x7f\\x9b\\u202e\\u2028é漢 ok")
     assert all(ch not in escape_controls(BIDI_AND_SEPARATORS) for ch in BIDI_AND_SEPARATORS)
+
+
+def test_a_body_nested_beyond_what_json_parses_is_no_error_body() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    code, message, request_id = error_fields(httpx.Response(500, content=deep))
+    assert code is None
+    assert request_id is None
+    assert message  # the status's text or the cleaned body, but an answer

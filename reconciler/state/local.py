@@ -144,7 +144,7 @@ def _parse_journal(data: bytes, path: Path) -> _Journal | None:
             item = json.loads(raw)
             if not isinstance(item, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             if number == len(complete) and not tail:
                 break
             raise StateError(f"{path}:{number}: corrupt journal line: {error}") from None

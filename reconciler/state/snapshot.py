@@ -23,8 +23,9 @@ MAX_STATE_BYTES = 1024 * 1024 * 1024
 larger is not one of ours (and reading it whole could exhaust memory)."""
 
 
-MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError)
-"""What reading a well-formed JSON document of the wrong shape can raise."""
+MALFORMED = (ReconcilerError, KeyError, TypeError, ValueError, AttributeError, RecursionError)
+"""What reading a well-formed JSON document of the wrong shape can raise (and json.loads, for
+one nested deeper than it parses)."""
 
 
 def pretty_json(data: Any) -> bytes:
@@ -266,6 +267,8 @@ def parse_snapshot(data: bytes, where: str) -> Snapshot:
                          f"column {error.colno}") from None
     except ValueError as error:
         raise StateError(f"{where}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise StateError(f"{where}: not a state file (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise StateError(f"{where}: not a state file (expected a JSON object)")
     version = doc.get("format_version")
