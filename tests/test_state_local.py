@@ -1091,3 +1091,17 @@ def test_a_journal_its_own_commit_folded_is_still_dropped(state: Path) -> None:
     assert sorted(backend.read().records) == [key("t0"), key("t1")]
     commit_session(backend, rec("t2"))
     assert backend.read().serial == 3
+
+
+def test_a_symlinked_state_is_written_through_its_link(tmp_path: Path) -> None:
+    target = tmp_path / "shared" / "state.json"
+    commit_session(LocalBackend(target), rec("t0"))
+    link = tmp_path / "project" / ".reconciler" / "state.json"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    commit_session(LocalBackend(link), rec("t1"))
+    assert link.is_symlink()
+    assert sorted(LocalBackend(target).read().records) == [key("t0"), key("t1")]
+    # Its history (and journal and lock) beside the target, shared by every link to it.
+    assert not (link.parent / "state.history").exists()
+    assert [e.serial for e in LocalBackend(target).history()] == [1, 2]

@@ -189,6 +189,11 @@ class LocalBackend:
                  lease_seconds: float = 60.0) -> None:
         """`now` must return timezone-aware times; `host`, `pid` default to this process's."""
         self.path = Path(path)
+        if self.path.is_symlink():
+            # Written through, as Terraform's local backend does: replacing the link with a
+            # file would leave its target behind, and two links to one state must share its
+            # lock, journal and history, which live beside the file.
+            self.path = self.path.resolve()
         self.journal_path = self.path.with_suffix(".journal")
         self.lock_path = self.path.with_suffix(".lock")
         self.history_dir = self.path.with_suffix(".history")
