@@ -101,6 +101,17 @@ def test_markdown_is_cut_below_the_limit() -> None:
     assert rendered.count("<details>") == rendered.count("</details>")
 
 
+def test_text_escapes_control_characters_of_live_values() -> None:
+    evil = "x\x7f\x9b2J\u202etxt.exe\u2028\x1b[31m"
+    live = replace(NIGHTLY, remark=evil)
+    plan = make_plan([schedule("t1")], snapshot(record("t1")), desired_digest="d",
+                     created_at="x", remote={key("t1"): remote("t1", live)})
+    rendered = text.render(plan, NOW)
+    assert [ch for ch in rendered if ch != "\n" and (
+        ord(ch) < 0x20 or 0x7f <= ord(ch) <= 0x9f or ch in "\u202e\u2028")] == []
+    assert '"x\\x7f\\x9b2J\\u202etxt.exe\\u2028\\u001b[31m"' in rendered
+
+
 def test_markdown_escapes_control_characters_of_live_values() -> None:
     # What a refresh reads is written by anyone with console access: a terminal escape, a bell,
     # a carriage return or a bidi override must not reach the PR comment or the CI log as is.

@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from reconciler import cron
+from reconciler.errorbody import escape_controls
 from reconciler.model import Action, ActionKind, Plan, Spec, diff_specs
 
 _SYMBOL = {
@@ -43,7 +44,10 @@ def summary_line(plan: Plan) -> str:
 
 
 def value(text: Any) -> str:
-    return json.dumps(text, ensure_ascii=False) if text is not None else "(none)"
+    # json.dumps escapes C0 controls; DEL, C1 and the bidi controls a live value may carry to
+    # a terminal are escaped as well.
+    return escape_controls(json.dumps(text, ensure_ascii=False)) if text is not None \
+        else "(none)"
 
 
 def render(plan: Plan, now: datetime, *, color: bool = False) -> str:
