@@ -540,11 +540,15 @@ def test_migrate_refuses_a_target_with_a_state(tmp_path: Path, pg_dsn: str) -> N
     with pytest.raises(StateError, match="already holds another state"):
         migrate(pg, local, MIGRATE)
     assert [h.serial for h in pg.history()] == [1]
-    # a copy made before (or the source itself) is named as such
+    # a copy made before (or the source itself) is checked, not copied again ...
     copy = PostgresBackend(pg_dsn, "copy")
     migrate(source, copy, MIGRATE)
-    with pytest.raises(StateError, match=r"already holds this state .*serial 4.*: it is the "
-                                         r"source itself, or a copy made before"):
+    assert migrate(source, copy, MIGRATE).copied_before
+    assert [h.serial for h in copy.history()] == [h.serial for h in source.history()]
+    # ... and refused when it is not the same in every serial (left incomplete, written to)
+    commit_session(copy, rec("written-to-since"))
+    with pytest.raises(StateError, match=r"already holds this state .*, but not as .* has it: "
+                                         r"it differs in the current state"):
         migrate(source, copy, MIGRATE)
     # and the backends refuse on their own too, should a state appear after the check
     for backend in (pg, local):

@@ -236,7 +236,10 @@ def cmd_migrate(ctx: Context) -> int:
     source = open_backend(ctx.settings)
     who = provenance.current("state migrate", ctx.environ, ctx.now(), ctx.settings.base)
     done = migrate(source, target, who, lock_timeout=ctx.args.lock_timeout)
-    ctx.console.print(_migration_summary(done))
+    if done.copied_before:
+        ctx.console.print("Nothing to copy: the target already holds this state.")
+    else:
+        ctx.console.print(_migration_summary(done))
     ctx.console.print(f"  from {source.describe()}")
     ctx.console.print(f"  to   {target.describe()}")
     ctx.console.print("Verified: the target's state and every serial of its history match the "
