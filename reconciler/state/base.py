@@ -66,48 +66,50 @@ class Record:
     @classmethod
     def from_json(cls, key: DispatchKey, data: Mapping[str, Any]) -> Record:
         # Types checked, not coerced: a null dispatch_id read as the text "None" was PUT to.
-        dispatch_id = _text(data, "dispatch_id")
+        dispatch_id = text_field(data, "dispatch_id")
         if not is_valid_id(dispatch_id):
             raise ValueError(f"dispatch_id {dispatch_id!r} is not an id")
         return cls(
             key=key,
-            name=_text(data, "name"),
-            source=_text(data, "source", ""),
+            name=text_field(data, "name"),
+            source=text_field(data, "source", ""),
             dispatch_id=dispatch_id,
             spec=Spec.from_body(data.get("spec", {})),
-            created_date=_optional_int(data, "created_date"),
-            last_modified_date=_optional_int(data, "last_modified_date"),
-            applied_at=_text(data, "applied_at", ""),
-            applied_by=_text(data, "applied_by", ""),
-            commit=_optional_text(data, "commit"),
-            ci_job=_optional_text(data, "ci_job"),
-            version=_integer(data, "version", 0),
+            created_date=optional_int_field(data, "created_date"),
+            last_modified_date=optional_int_field(data, "last_modified_date"),
+            applied_at=text_field(data, "applied_at", ""),
+            applied_by=text_field(data, "applied_by", ""),
+            commit=optional_text_field(data, "commit"),
+            ci_job=optional_text_field(data, "ci_job"),
+            version=int_field(data, "version", 0),
         )
 
+
+# The fields of a JSON document read back: checked, not coerced (`str(None)` is "None").
 
 _REQUIRED: Any = object()
 
 
-def _text(data: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> str:
+def text_field(data: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> str:
     value = data[name] if default is _REQUIRED else data.get(name, default)
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, not {type(value).__name__}")
     return value
 
 
-def _optional_text(data: Mapping[str, Any], name: str) -> str | None:
-    return None if data.get(name) is None else _text(data, name)
+def optional_text_field(data: Mapping[str, Any], name: str) -> str | None:
+    return None if data.get(name) is None else text_field(data, name)
 
 
-def _integer(data: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> int:
+def int_field(data: Mapping[str, Any], name: str, default: Any = _REQUIRED) -> int:
     value = data[name] if default is _REQUIRED else data.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
     return value
 
 
-def _optional_int(data: Mapping[str, Any], name: str) -> int | None:
-    return None if data.get(name) is None else _integer(data, name)
+def optional_int_field(data: Mapping[str, Any], name: str) -> int | None:
+    return None if data.get(name) is None else int_field(data, name)
 
 
 @dataclass(frozen=True, slots=True)

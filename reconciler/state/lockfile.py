@@ -36,9 +36,10 @@ from reconciler.state.snapshot import MALFORMED, pretty_json
 from reconciler.userfiles import NotAFile, read_regular_file
 
 UNREADABLE_LOCK_ID = "unreadable"
+"""The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
+
 MAX_LOCK_BYTES = 64 * 1024
 """A lock is a few hundred bytes; read no more of whatever else sits at its path."""
-"""The id reported for a lock file whose content cannot be read; `force_unlock` accepts it."""
 
 DRAFT_MAX_AGE = 60.0
 """Seconds after which a lock draft is swept away: a draft lives for milliseconds, between its

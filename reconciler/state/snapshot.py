@@ -16,7 +16,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.model import SPEC_FIELDS, DispatchKey, ReconcilerError, Spec
-from reconciler.state.base import FORMAT_VERSION, Intent, Provenance, Record, Snapshot, StateError
+from reconciler.state.base import (
+    FORMAT_VERSION,
+    Intent,
+    Provenance,
+    Record,
+    Snapshot,
+    StateError,
+    int_field,
+    text_field,
+)
 
 MAX_STATE_BYTES = 1024 * 1024 * 1024
 """A state of 100,000 dispatches is about 70 MiB and its journal as much again; a file far
@@ -280,13 +289,11 @@ def parse_snapshot(data: bytes, where: str) -> Snapshot:
     try:
         keys = {name: DispatchKey.parse(name) for name in (*doc["dispatches"], *doc["intents"])}
         provenance = doc.get("provenance")
-        lineage, serial = doc["lineage"], doc["serial"]
-        if not isinstance(lineage, str):
-            raise TypeError(f"lineage must be a string, not {type(lineage).__name__}")
-        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
-            raise TypeError(f"serial must be a whole number, not {serial!r}")
+        serial = int_field(doc, "serial")
+        if serial < 0:
+            raise ValueError(f"serial {serial} is negative")
         return Snapshot(
-            lineage=lineage,
+            lineage=text_field(doc, "lineage"),
             serial=serial,
             records={keys[k]: Record.from_json(keys[k], v) for k, v in doc["dispatches"].items()},
             intents={keys[k]: Intent.from_json(keys[k], v) for k, v in doc["intents"].items()},
