@@ -277,9 +277,8 @@ class Applier:
                 if live is not None:
                     return await self._adopt(action, live, desired, trace)
                 if exc.created:  # it exists, though a GET does not show it yet: never again
-                    raise OutcomeUnknown(f"{exc.message}; a GET of the task then found no "
-                                         "dispatch", method="POST", key=key, status=exc.status,
-                                         code=exc.code, request_id=exc.request_id) from None
+                    raise exc.restated(f"{exc.message}; a GET of the task then found no "
+                                       "dispatch") from None
                 continue  # nothing was created: the POST is sent again, under a new intent
             except ReconcilerError as exc:
                 if isinstance(exc, ApiError) and exc.status in REFUSED_AS_EXISTING:
@@ -297,11 +296,8 @@ class Applier:
             return ActionResult(action, True, "created", created.dispatch_id)
         assert unknown is not None
         # With the API's last answer: its status, code, message and request id.
-        raise OutcomeUnknown(
-            f"the create's outcome stayed unknown after {MAX_RESOLVE_ROUNDS} attempts; the "
-            f"last: {unknown.message}", method="POST", key=key, status=unknown.status,
-            code=unknown.code, request_id=unknown.request_id,
-        )
+        raise unknown.restated(f"the create's outcome stayed unknown after "
+                               f"{MAX_RESOLVE_ROUNDS} attempts; the last: {unknown.message}")
 
     async def _resolve(self, key: DispatchKey, unknown: OutcomeUnknown,
                        trace: _Trace) -> RemoteDispatch | None:
@@ -310,9 +306,8 @@ class Applier:
         try:
             return await self._show(key, trace)
         except ApiError as failed:
-            raise OutcomeUnknown(f"{unknown.message}; checking with a GET failed too: {failed}",
-                                 method="POST", key=key, status=unknown.status,
-                                 code=unknown.code, request_id=unknown.request_id) from None
+            raise unknown.restated(f"{unknown.message}; checking with a GET failed too: "
+                                   f"{failed}") from None
 
     async def _adopt(self, action: Action, live: RemoteDispatch, desired: Spec,
                      trace: _Trace) -> ActionResult:

@@ -106,6 +106,12 @@ class OutcomeUnknown(ApiError):
         self.created = created
         self.retry_after = retry_after
 
+    def restated(self, message: str) -> OutcomeUnknown:
+        """The same unknown outcome (status, code, request id of the API's answer) said anew,
+        as what became of it is learnt."""
+        return OutcomeUnknown(message, method=self.method, key=self.key, status=self.status,
+                              code=self.code, request_id=self.request_id)
+
 
 class DispatchClient:
     """Create, show and update the dispatch of a task, from coroutines of one event loop.
@@ -226,12 +232,8 @@ class DispatchClient:
             return parse_dispatch(_json_object(response))
         except ValueError as exc:
             # A 2xx: the create happened, only its answer is unusable.
-            request = response.request
-            raise OutcomeUnknown(
-                _redact(f"the dispatch was created, but the answer is unusable: {exc}", request),
-                created=True, method="POST", key=key, status=response.status_code,
-                request_id=_redact_optional(clean(response.headers.get("X-Request-Id"), 64),
-                                            request)) from None
+            raise self._bad_response(response, "POST", key, str(exc), OutcomeUnknown,
+                                     created=True) from None
 
     async def update(self, key: DispatchKey, dispatch_id: str, spec: Spec) -> RemoteDispatch:
         """PUT the spec onto the existing dispatch `dispatch_id` of the task."""
@@ -317,10 +319,8 @@ class DispatchClient:
                 if status != 429 and status < 500:
                     return response
                 if method == "POST" and status != 429:
-                    unknown = self._error(response, method, key, OutcomeUnknown)
-                    assert isinstance(unknown, OutcomeUnknown)
-                    unknown.retry_after = self._retry_after(response.headers.get("Retry-After"))
-                    raise unknown
+                    wait = self._retry_after(response.headers.get("Retry-After"))
+                    raise self._error(response, method, key, OutcomeUnknown, retry_after=wait)
                 error = self._error(response, method, key)
                 if status in (429, 503):
                     delay = self._retry_after(response.headers.get("Retry-After"))
@@ -351,7 +351,7 @@ class DispatchClient:
         return min(max(0.0, seconds), self._max_backoff * 4)
 
     def _error(self, response: httpx.Response, method: str, key: DispatchKey,
-               cls: type[ApiError] = ApiError) -> ApiError:
+               cls: type[ApiError] = ApiError, **extra: Any) -> ApiError:
         code, message, request_id = error_fields(response)
         status = response.status_code
         if status in (401, 403):
@@ -366,17 +366,22 @@ class DispatchClient:
         # The code and request id too: a server may build them from what it was sent.
         return cls(_redact(message, response.request), method=method, key=key, status=status,
                    code=_redact_optional(code, response.request),
-                   request_id=_redact_optional(request_id, response.request))
+                   request_id=_redact_optional(request_id, response.request), **extra)
 
     def _bad_response(self, response: httpx.Response, method: str, key: DispatchKey,
-                      problem: str, cls: type[ApiError]) -> ApiError:
-        message = f"unexpected response: {problem}"
-        if cls is OutcomeUnknown:
-            message += "; the dispatch may or may not have been created"
+                      problem: str, cls: type[ApiError], **extra: Any) -> ApiError:
+        """An answer that cannot be used; `created=True` (with OutcomeUnknown): it was a 2xx
+        to a POST, so the dispatch exists."""
+        if extra.get("created"):
+            message = f"the dispatch was created, but the answer is unusable: {problem}"
+        else:
+            message = f"unexpected response: {problem}"
+            if cls is OutcomeUnknown:
+                message += "; the dispatch may or may not have been created"
         return cls(_redact(message, response.request), method=method, key=key,
                    status=response.status_code,
                    request_id=_redact_optional(clean(response.headers.get("X-Request-Id"), 64),
-                                               response.request))
+                                               response.request), **extra)
 
 
 def parse_dispatch(obj: Mapping[str, Any]) -> RemoteDispatch:

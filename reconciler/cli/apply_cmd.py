@@ -94,15 +94,14 @@ def cmd_apply(ctx: Context) -> int:
         if saved is not None:
             planfile.check_fresh(saved, current, digest)
             plan = saved
-        elif ctx.args.refresh:
-            api = api_scope.enter_context(open_api(ctx))
+        else:
+            if ctx.args.refresh:
+                api = api_scope.enter_context(open_api(ctx))
             plan, failures = build_plan(ctx, desired, api, snapshot=current)
             if failures:
                 ctx.console.error(f"{len(failures)} live dispatches could not be read; nothing "
                                   "was applied.")
                 return EXIT_ERROR
-        else:
-            plan, _ = build_plan(ctx, desired, snapshot=current)
         if saved is None:
             # --quiet keeps the summary line: enough in CI logs where the plan was reviewed.
             shown = summary_line(plan) + "\n" if ctx.console.quiet else render(ctx, plan, "text")
