@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 
 from reconciler.model import DispatchKey, Spec
-from reconciler.state import files, local, snapshot
+from reconciler.state import files, journal, local, snapshot
 from reconciler.state.base import (
     Intent,
     LockHeld,
@@ -931,7 +931,7 @@ def test_a_failed_state_write_waits_for_the_history_being_written(
 @given(RECORDS)
 def test_a_put_line_is_the_entry_as_json_writes_it(record: Record) -> None:
     entry = {"op": "put", "key": str(record.key), "record": record.to_json()}
-    assert local._put_entry(record)[0] == (
+    assert journal.put_entry(record)[0] == (
         json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         + "\n").encode()
 
@@ -940,12 +940,12 @@ def test_a_put_line_is_the_entry_as_json_writes_it(record: Record) -> None:
 @given(RECORDS.filter(lambda record: type(record.created_date) in (int, type(None))))
 def test_a_record_of_plain_values_is_put_by_its_template(record: Record) -> None:
     # Not left to the general encoder, which would write the same, only slower.
-    general = local._line
-    local._line = None  # type: ignore[assignment]
+    general = journal.json_line
+    journal.json_line = None  # type: ignore[assignment]
     try:
-        line = local._put_entry(record)[0]
+        line = journal.put_entry(record)[0]
     finally:
-        local._line = general
+        journal.json_line = general
     assert line == general({"op": "put", "key": str(record.key), "record": record.to_json()})
 
 

@@ -37,12 +37,10 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler import compact_json
 from reconciler.model import DispatchKey
 from reconciler.state.base import (
     HistoryEntry,
@@ -64,6 +62,15 @@ from reconciler.state.files import (
     is_at,
     write_all,
 )
+from reconciler.state.journal import (
+    Journal,
+    json_line,
+    parse_journal,
+    put_entry,
+    read_fd,
+    read_journal,
+    replay,
+)
 from reconciler.state.lockfile import UNREADABLE_LOCK_ID, HeldLock, LockFile
 from reconciler.state.snapshot import (
     MALFORMED,
@@ -71,7 +78,6 @@ from reconciler.state.snapshot import (
     check_sequence,
     pack,
     parse_snapshot,
-    record_texts,
     snapshot_bytes,
     unpack,
 )
@@ -79,105 +85,8 @@ from reconciler.userfiles import NotAFile, read_regular_file
 
 __all__ = ["UNREADABLE_LOCK_ID", "LocalBackend"]
 
-def _line(data: Any) -> bytes:
-    return (compact_json.dumps(data, sort_keys=True) + "\n").encode()
-
-
-def _put_entry(record: Record) -> tuple[bytes, str | None]:
-    """The journal line that puts `record`, and the record's text in state.json (None when a
-    value of it is left to json, which then writes the line too).
-
-    Both from one template of the record's keys: building the entry's dicts and sorting them
-    took most of the CPU of recording a create's result. The state.json text is made now,
-    between API answers, rather than at the commit: 1,000 records took 17-25 ms of every
-    commit to encode."""
-    key = str(record.key)
-    texts = record_texts(record)
-    if texts is None:
-        return _line({"op": "put", "key": key, "record": record.to_json()}), None
-    pretty, compact = texts
-    line = f'{{"key":{compact_json.dumps(key)},"op":"put","record":{compact}}}\n'
-    return line.encode(), pretty
-
-
 # fdatasync skips the inode's timestamps, which recovery does not need; fsync where it is absent.
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-
-
-@dataclass(frozen=True, slots=True)
-class _Journal:
-    """A parsed journal: its header and its complete entries with their line numbers."""
-
-    lineage: str
-    base_serial: int
-    serial: int
-    provenance: Provenance
-    entries: tuple[tuple[int, dict[str, Any]], ...]
-
-
-def _read_journal(path: Path) -> _Journal | None:
-    try:
-        data = read_regular_file(path, MAX_STATE_BYTES)
-    except FileNotFoundError:
-        return None
-    except NotAFile as error:
-        raise StateError(f"{path}: {error}, not a journal") from None
-    except OSError as error:
-        raise StateError(f"{path}: cannot read: {error.strerror}") from None
-    return _parse_journal(data, path)
-
-
-def _read_fd(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_journal(data: bytes, path: Path) -> _Journal | None:
-    *complete, tail = data.split(b"\n")
-    # A non-empty tail is a line cut short by a kill: its `put` never returned, so it is dropped.
-    # A complete but invalid last line is treated the same way; anywhere else it is corruption.
-    lines: list[tuple[int, dict[str, Any]]] = []
-    for number, raw in enumerate(complete, 1):
-        try:
-            item = json.loads(raw)
-            if not isinstance(item, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, RecursionError) as error:
-            if number == len(complete) and not tail:
-                break
-            raise StateError(f"{path}:{number}: corrupt journal line: {error}") from None
-        lines.append((number, item))
-    if not lines:
-        return None  # the header was never completed, so nothing was recorded
-    head = lines[0][1]
-    try:
-        return _Journal(str(head["lineage"]), int(head["base_serial"]), int(head["serial"]),
-                        Provenance.from_json(head["provenance"]), tuple(lines[1:]))
-    except MALFORMED as error:
-        raise StateError(f"{path}:1: corrupt journal header: {error!r}") from None
-
-
-def _replay(journal: _Journal, path: Path, base: Snapshot, summary: str) -> Snapshot:
-    records, intents = dict(base.records), dict(base.intents)
-    for number, entry in journal.entries:
-        try:
-            op, key = entry["op"], DispatchKey.parse(entry["key"])
-            if op == "put":
-                records[key] = Record.from_json(key, entry["record"])
-                intents.pop(key, None)
-            elif op == "remove":
-                records.pop(key, None)
-            elif op == "intent":
-                intents[key] = Intent.from_json(key, entry["intent"])
-            elif op == "clear_intent":
-                intents.pop(key, None)
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except MALFORMED as error:
-            raise StateError(f"{path}:{number}: corrupt journal entry: {error}") from None
-    return Snapshot(journal.lineage, journal.serial, records, intents, journal.provenance, summary)
 
 
 class LocalBackend:
@@ -215,7 +124,7 @@ class LocalBackend:
         With pending actions the result carries the journal's serial and provenance: the
         snapshot the next writer will seal them as."""
         for _ in range(5):
-            snap, journal = self._load(), _read_journal(self.journal_path)
+            snap, journal = self._load(), read_journal(self.journal_path)
             # A writer may have sealed a serial and started the next journal between the two
             # reads; reading the snapshot again then gives a matching pair.
             if journal is None or journal.base_serial <= snap.serial:
@@ -223,7 +132,7 @@ class LocalBackend:
         if journal is None or not self._pending(snap, journal) or not journal.entries:
             return snap
         summary = f"{len(journal.entries)} recorded actions not yet committed"
-        return _replay(journal, self.journal_path, snap, summary)
+        return replay(journal, self.journal_path, snap, summary)
 
     def _load(self) -> Snapshot:
         try:
@@ -236,7 +145,7 @@ class LocalBackend:
             raise StateError(f"{self.path}: cannot read: {error.strerror}") from None
         return parse_snapshot(data, str(self.path))
 
-    def _pending(self, snap: Snapshot, journal: _Journal) -> bool:
+    def _pending(self, snap: Snapshot, journal: Journal) -> bool:
         """Whether the journal's actions are still to be applied to `snap` (else folded)."""
         if snap.lineage and journal.lineage != snap.lineage:
             raise StateError(f"{self.journal_path} belongs to state lineage {journal.lineage}, "
@@ -302,11 +211,11 @@ class LocalBackend:
             if not lock.mine():
                 raise LockLost(self.describe(), "seal an interrupted run")
             snap = self._load()  # after the flock: the old writer may just have committed
-            journal = _parse_journal(_read_fd(fd), self.journal_path)
+            journal = parse_journal(read_fd(fd), self.journal_path)
             if journal is not None and self._pending(snap, journal) and journal.entries:
                 count = len(journal.entries)
                 summary = f"recovered {count} recorded actions from an interrupted run"
-                snap = _replay(journal, self.journal_path, snap, summary)
+                snap = replay(journal, self.journal_path, snap, summary)
                 self._seal(snap)
             # Sealed now, or folded earlier, or empty: either way nothing in it is still needed.
             if is_at(str(self.journal_path), identity(fd)):
@@ -373,7 +282,7 @@ class LocalBackend:
             size = os.fstat(fd).st_size
             # A line torn by an earlier crash must not swallow this one.
             torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-            write_all(fd, (b"\n" if torn else b"") + _line(entry))
+            write_all(fd, (b"\n" if torn else b"") + json_line(entry))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -472,7 +381,7 @@ class _LocalSession:
         self._length = 0
         self._unusable: str | None = None  # why no more lines may be written, once so
         try:
-            head = _line(header)
+            head = json_line(header)
             write_all(self._fd, head)
             self._length = len(head)
             _datasync(self._fd)
@@ -504,7 +413,7 @@ class _LocalSession:
 
     def _append_all(self, entries: Sequence[tuple[dict[str, Any], Callable[[], object]]]) -> None:
         """Write the entries' lines in one write, then update the in-memory view."""
-        self._append_lines([(_line(entry), apply) for entry, apply in entries])
+        self._append_lines([(json_line(entry), apply) for entry, apply in entries])
 
     def _append_lines(self, lines: Sequence[tuple[bytes, Callable[[], object]]]) -> None:
         data = b"".join(line for line, _ in lines)
@@ -551,7 +460,7 @@ class _LocalSession:
         lines: list[tuple[bytes, Callable[[], object]]] = []
         written: list[tuple[Record, str]] = []
         for record in stored:
-            line, text = _put_entry(record)
+            line, text = put_entry(record)
             lines.append((line, functools.partial(self._store, record)))
             if text is not None:
                 written.append((record, text))
